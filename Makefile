@@ -1,0 +1,62 @@
+# Federated Learning with Python: set-up, lab, tests.
+# The two commands a learner needs:  make lab   and   make test
+SHELL := /bin/bash
+.DEFAULT_GOAL := help
+
+VENV    ?= .venv
+PY      := $(VENV)/bin/python
+STAMP   := $(VENV)/.course-installed
+KERNEL  := fl-course
+export TF_CPP_MIN_LOG_LEVEL := 3
+export PIP_DISABLE_PIP_VERSION_CHECK := 1
+
+.PHONY: help setup lab test notebooks check clean-workers clean
+
+help:
+	@echo "make lab        set up (first time only) and open the course in JupyterLab"
+	@echo "make test       set up (first time only) and run every test and every lesson"
+	@echo "make notebooks  re-execute every lesson in place, in order, saving outputs"
+	@echo "make check      print the environment check (python -m fedutils.check)"
+
+setup: $(STAMP)
+
+# Re-runs only when the requirement files change; otherwise `make setup` does nothing.
+$(STAMP): requirements.txt requirements-tff.txt pyproject.toml
+	@set -e; \
+	if [ ! -x "$(PY)" ]; then \
+	    base=$$(./scripts/find_python.sh); \
+	    echo "Creating $(VENV) with $$base ($$($$base --version))"; \
+	    "$$base" -m venv "$(VENV)"; \
+	fi
+	$(PY) -m pip install --quiet --upgrade "pip>=23.2" "setuptools>=64" wheel
+	@echo "Installing the course environment (first time: about 2 minutes, 2.9 GB)..."
+	$(PY) -m pip install --quiet -r requirements.txt
+	@echo "Installing TensorFlow Federated without its stale pins (see requirements.txt)..."
+	$(PY) -m pip install --quiet --no-deps -r requirements-tff.txt
+	$(PY) -m pip install --quiet --no-deps --no-build-isolation -e .
+	$(PY) -m ipykernel install --sys-prefix --name $(KERNEL) --display-name "Python 3 (FL course)" >/dev/null
+	$(PY) -m fedutils.check
+	@touch $@
+
+lab: setup
+	$(VENV)/bin/jupyter lab --ServerApp.root_dir="$(CURDIR)" \
+	    --MappingKernelManager.default_kernel_name=$(KERNEL) $(LAB_ARGS) lessons/01_introduction.ipynb
+
+test: setup
+	@start=$$(date +%s); status=0; \
+	$(PY) -m pytest $(PYTEST_ARGS) || status=$$?; \
+	$(PY) -m fedutils.workers --since $$start --report || status=1; \
+	exit $$status
+
+notebooks: setup
+	$(PY) scripts/run_notebooks.py lessons/*.ipynb
+
+check: setup
+	$(PY) -m fedutils.check
+
+# Stops any TensorFlow Federated worker_binary helper left behind on this machine.
+clean-workers:
+	@$(PY) -m fedutils.workers
+
+clean:
+	rm -rf $(VENV) data/cache build .pytest_cache

@@ -1,0 +1,40 @@
+"""fedutils: the tested helpers behind the course "Federated Learning with Python".
+
+One module per idea, each imported on its own so that `import fedutils` stays instant:
+
+- fedutils.data         the course's data sets (all offline) and per-client tf.data datasets
+- fedutils.partition    IID, shard and Dirichlet splits of a data set across clients
+- fedutils.models       the Keras models of the slides, runnable on Keras 2 and Keras 3
+- fedutils.fedavg       client update, server aggregation, the FedAvg loop
+- fedutils.privacy      clipping, Gaussian noise, DP-FedAvg, epsilon accounting, secure sums
+- fedutils.compression  top-k / random-k sparsification, quantization, error feedback, bytes
+- fedutils.evaluation   federated evaluation with per-client and aggregate metrics
+- fedutils.tff_bridge   the same model and data run through TensorFlow Federated, when present
+- fedutils.check        `python -m fedutils.check`: is this environment ready for the course?
+"""
+from __future__ import annotations
+
+import os
+import random
+
+# Keep TensorFlow's C++ start-up log lines out of notebook outputs. This only works if it is set
+# before TensorFlow is first imported, which is why lessons import fedutils first.
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+
+__version__ = "1.0.0"
+
+
+def set_seed(seed: int = 0) -> None:
+    """Seed Python, NumPy and TensorFlow (and so Keras weight initializers) in one call.
+
+    Lessons call this in their setup cell so every number and plot is the same on every run.
+    """
+    from fedutils._validate import check_int
+
+    check_int("seed", seed, minimum=0)
+    import numpy as np
+    import tensorflow as tf
+
+    random.seed(seed)
+    np.random.seed(seed)
+    tf.keras.utils.set_random_seed(seed)

@@ -1,0 +1,110 @@
+"""Argument checks shared by every fedutils module.
+
+Each raises TypeError or ValueError with a message that names the argument and what is accepted,
+so a learner never meets a shape error deep inside TensorFlow instead.
+"""
+from __future__ import annotations
+
+import math
+from numbers import Integral, Real
+from typing import Any, Optional, Sequence
+
+import numpy as np
+
+
+def check_int(name: str, value: Any, minimum: Optional[int] = None,
+              maximum: Optional[int] = None) -> int:
+    """Return `value` as an int, or raise if it is not an integer in [minimum, maximum]."""
+    if isinstance(value, bool) or not isinstance(value, Integral):
+        raise TypeError(f"{name} must be an integer, got {type(value).__name__} {value!r}")
+    value = int(value)
+    if (minimum is not None and value < minimum) or (maximum is not None and value > maximum):
+        raise ValueError(f"{name} must be an integer in {_range(minimum, maximum)}, got {value}")
+    return value
+
+
+def check_float(name: str, value: Any, low: Optional[float] = None, high: Optional[float] = None,
+                low_inclusive: bool = True, high_inclusive: bool = True) -> float:
+    """Return `value` as a finite float, or raise if it is outside the given interval."""
+    if isinstance(value, bool) or not isinstance(value, Real):
+        raise TypeError(f"{name} must be a number, got {type(value).__name__} {value!r}")
+    value = float(value)
+    ok = math.isfinite(value)
+    if ok and low is not None:
+        ok = value >= low if low_inclusive else value > low
+    if ok and high is not None:
+        ok = value <= high if high_inclusive else value < high
+    if not ok:
+        interval = (("[" if low_inclusive else "(") + ("-inf" if low is None else f"{low:g}")
+                    + ", " + ("inf" if high is None else f"{high:g}")
+                    + ("]" if high_inclusive else ")"))
+        raise ValueError(f"{name} must be a finite number in {interval}, got {value!r}")
+    return value
+
+
+def check_labels(name: str, labels: Any) -> np.ndarray:
+    """Return labels as a 1-D integer array, or raise for other shapes or non-integer values."""
+    arr = np.asarray(labels)
+    if arr.ndim == 2 and arr.shape[1] == 1:
+        arr = arr[:, 0]
+    if arr.ndim != 1 or arr.size == 0:
+        raise ValueError(f"{name} must be a non-empty 1-D array of integer class labels "
+                         f"(shape (n,) or (n, 1)), got shape {arr.shape}")
+    if not np.issubdtype(arr.dtype, np.integer):
+        if not (np.issubdtype(arr.dtype, np.number) and np.all(np.mod(arr, 1) == 0)):
+            raise ValueError(f"{name} must hold integer class labels, got dtype {arr.dtype}")
+        arr = arr.astype(np.int64)
+    if arr.min() < 0:
+        raise ValueError(f"{name} must hold class labels >= 0, got {arr.min()}")
+    return arr
+
+
+def check_weights(name: str, weights: Any, like: Optional[Sequence[np.ndarray]] = None,
+                  allow_nan: bool = False) -> list[np.ndarray]:
+    """Return a model's weights as a list of float arrays (as `model.get_weights()` gives).
+
+    With `like`, also require the same number of tensors with the same shapes.
+    """
+    if isinstance(weights, np.ndarray) or not isinstance(weights, (list, tuple)):
+        raise TypeError(f"{name} must be a list of NumPy arrays, as model.get_weights() returns, "
+                        f"got {type(weights).__name__}")
+    if len(weights) == 0:
+        raise ValueError(f"{name} must hold at least one tensor, got an empty list")
+    out = []
+    for i, w in enumerate(weights):
+        try:
+            arr = np.asarray(w)
+        except Exception as exc:  # ragged nested lists and the like
+            raise TypeError(f"{name}[{i}] must be a NumPy array: {exc}") from None
+        if not np.issubdtype(arr.dtype, np.number):
+            raise TypeError(f"{name}[{i}] must be numeric, got dtype {arr.dtype}")
+        if not allow_nan and not np.all(np.isfinite(arr)):
+            raise ValueError(f"{name}[{i}] contains NaN or infinite values; "
+                             "a diverged client update cannot be aggregated")
+        out.append(arr)
+    if like is not None:
+        if len(out) != len(like):
+            raise ValueError(f"{name} must hold {len(like)} tensors like the model, got {len(out)}")
+        for i, (a, b) in enumerate(zip(out, like)):
+            if a.shape != np.shape(b):
+                raise ValueError(f"{name}[{i}] must have shape {np.shape(b)}, got {a.shape}")
+    return out
+
+
+def check_weight_list(name: str, weight_list: Any) -> list[list[np.ndarray]]:
+    """Check a list of clients' weights: non-empty, every client shaped like the first."""
+    if not isinstance(weight_list, (list, tuple)):
+        raise TypeError(f"{name} must be a list with one weight list per client, "
+                        f"got {type(weight_list).__name__}")
+    if len(weight_list) == 0:
+        raise ValueError(f"{name} is empty: at least one client is needed to aggregate "
+                         "(did no client take part in this round?)")
+    first = check_weights(f"{name}[0]", weight_list[0])
+    return [first] + [check_weights(f"{name}[{i}]", w, like=first)
+                      for i, w in enumerate(weight_list[1:], start=1)]
+
+
+def _range(minimum: Optional[int], maximum: Optional[int]) -> str:
+    lo = "-inf" if minimum is None else str(minimum)
+    hi = "inf" if maximum is None else str(maximum)
+    return f"[{lo}, {hi}]"
