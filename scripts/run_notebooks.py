@@ -1,0 +1,106 @@
+#!/usr/bin/env python
+"""Execute lesson notebooks top to bottom, in place, in order, with the course kernel.
+
+Saves each notebook with its fresh outputs (execution counts 1, 2, 3, ...), records each
+lesson's wall time and the kernel's peak memory, and with --timings writes them to
+lessons/timings.json and a Markdown table (lessons/TIMINGS.md) that the README and the
+instructor guide show. Stops every TFF worker_binary helper the kernels started.
+
+    python scripts/run_notebooks.py lessons/*.ipynb [--timings] [--no-save]
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import sys
+import threading
+import time
+from pathlib import Path
+
+import nbformat
+import psutil
+from nbclient import NotebookClient
+
+from fedutils.workers import stop_workers
+
+ROOT = Path(__file__).resolve().parent.parent
+KERNEL = "fl-course"
+
+
+class PeakMemory(threading.Thread):
+    """Samples the resident memory of the kernel process tree every 50 ms."""
+
+    def __init__(self, client: NotebookClient):
+        super().__init__(daemon=True)
+        self.client, self.peak, self.done = client, 0, threading.Event()
+
+    def run(self) -> None:
+        while not self.done.wait(0.05):
+            try:
+                pid = self.client.km.provisioner.process.pid  # type: ignore[union-attr]
+                proc = psutil.Process(pid)
+                rss = proc.memory_info().rss + sum(
+                    c.memory_info().rss for c in proc.children(recursive=True))
+                self.peak = max(self.peak, rss)
+            except Exception:
+                continue
+
+
+def run(path: Path, save: bool, timeout: int) -> dict:
+    nb = nbformat.read(path, as_version=4)
+    env_before = time.time()
+    client = NotebookClient(nb, timeout=timeout, kernel_name=KERNEL,
+                            resources={"metadata": {"path": str(path.parent)}})
+    monitor = PeakMemory(client)
+    started = time.perf_counter()
+    with client.setup_kernel():
+        monitor.start()
+        for index, cell in enumerate(nb.cells):
+            client.execute_cell(cell, index)
+    seconds = time.perf_counter() - started
+    monitor.done.set()
+    stop_workers(since=env_before)
+    nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3 (ipykernel)",
+                                 "language": "python"}
+    if save:
+        nbformat.write(nb, path)
+    return {"lesson": path.stem, "seconds": round(seconds, 1),
+            "peak_memory_mb": round(monitor.peak / 2**20)}
+
+
+def write_timings(results: list[dict]) -> None:
+    machine = f"{platform.machine()}, {psutil.cpu_count()} cores, Python {platform.python_version()}"
+    (ROOT / "lessons" / "timings.json").write_text(json.dumps(
+        {"machine": machine, "lessons": results}, indent=1) + "\n")
+    total = sum(r["seconds"] for r in results)
+    lines = ["# Lesson timings", "",
+             f"Measured by `make timings` (one clean top-to-bottom run of each lesson) on {machine}.",
+             "", "| lesson | seconds | peak kernel memory (MB) |", "|---|---:|---:|"]
+    lines += [f"| {r['lesson']} | {r['seconds']:.0f} | {r['peak_memory_mb']} |" for r in results]
+    lines += [f"| **whole course** | **{total:.0f}** ({total / 60:.1f} min) | |", ""]
+    (ROOT / "lessons" / "TIMINGS.md").write_text("\n".join(lines))
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("notebooks", nargs="+", type=Path)
+    parser.add_argument("--timings", action="store_true", help="write lessons/TIMINGS.md")
+    parser.add_argument("--no-save", action="store_true", help="do not write outputs back")
+    parser.add_argument("--timeout", type=int, default=600, help="seconds per cell")
+    args = parser.parse_args()
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+    results = []
+    for path in sorted(args.notebooks):
+        result = run(path, save=not args.no_save, timeout=args.timeout)
+        print(f"{result['lesson']:<32} {result['seconds']:6.1f} s  "
+              f"{result['peak_memory_mb']:5d} MB", flush=True)
+        results.append(result)
+    if args.timings:
+        write_timings(results)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

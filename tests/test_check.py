@@ -1,0 +1,53 @@
+import re
+from pathlib import Path
+
+from fedutils import check
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def pinned(*files):
+    pins = {}
+    for name in files:
+        for line in (ROOT / name).read_text().splitlines():
+            m = re.match(r"^([A-Za-z0-9_.-]+)==([^\s#]+)", line)
+            if m:
+                pins[m.group(1).lower()] = m.group(2)
+    return pins
+
+
+def test_expected_versions_match_the_requirement_files():
+    pins = pinned("requirements.txt", "requirements-tff.txt")
+    for req in check.COURSE:
+        if req.name != "keras":  # keras comes with tensorflow, not pinned on its own
+            assert pins.get(req.name) == req.expected, req.name
+
+
+def test_check_passes_here_and_explains_the_overrides(capsys):
+    assert check.main() == 0
+    out = capsys.readouterr().out
+    assert "All checks passed." in out
+    lines = [ln for ln in out.splitlines() if ln.startswith("[")]
+    assert all(ln.startswith(("[OK]", "[FAIL]")) for ln in lines)
+    if check.profile() == "course":
+        assert "jaxlib 0.4.14, which is no longer on PyPI" in out
+        assert "typing-extensions==4.5.*" in out
+
+
+def test_missing_or_wrong_package_fails(monkeypatch, capsys):
+    real = check.installed_version
+    monkeypatch.setattr(check, "installed_version",
+                        lambda name: None if name in ("numpy", "tensorflow-federated")
+                        else "0.0.1" if name == "tqdm" else real(name))
+    monkeypatch.setattr(check, "profile", lambda: "course")
+    assert check.main() == 1
+    out = capsys.readouterr().out
+    assert re.search(r"\[FAIL\] numpy .*not installed", out)
+    assert re.search(r"\[FAIL\] tqdm +0\.0\.1 .*expected 4\.70\.1", out)
+    assert "check(s) failed" in out
+
+
+def test_modern_profile_treats_missing_tff_as_ok():
+    ok, line = check.check_line(check.MODERN[2])
+    if check.installed_version("tensorflow-federated") is None:
+        assert ok and "fedutils equivalent" in line

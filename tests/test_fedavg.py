@@ -1,0 +1,182 @@
+import numpy as np
+import pytest
+import tensorflow as tf
+
+import fedutils
+from fedutils import data, fedavg, models, partition
+
+
+def slide_server_aggregate(client_weights):  # slide 5, verbatim
+    return [sum(weights) / len(weights) for weights in zip(*client_weights)]
+
+
+def test_server_aggregate_weighted_equals_hand_computation():
+    a = [np.array([1.0, 2.0]), np.array([[0.0]])]
+    b = [np.array([4.0, 8.0]), np.array([[3.0]])]
+    out = fedavg.server_aggregate([a, b], num_examples=[1, 2])
+    np.testing.assert_allclose(out[0], [(1 * 1 + 2 * 4) / 3, (1 * 2 + 2 * 8) / 3])
+    np.testing.assert_allclose(out[1], [[2.0]])
+
+
+def test_server_aggregate_unweighted_equals_slide_formula():
+    rng = np.random.default_rng(0)
+    clients = [[rng.normal(size=(3, 2)), rng.normal(size=2)] for _ in range(4)]
+    for ours, slide in zip(fedavg.server_aggregate(clients), slide_server_aggregate(clients)):
+        np.testing.assert_allclose(ours, slide, rtol=1e-12)
+
+
+@pytest.mark.parametrize("args, error, match", [
+    (([],), ValueError, "empty"),
+    (([[np.zeros(2)], [np.zeros(3)]],), ValueError, r"client_weights\[1\]\[0\] must have shape"),
+    (([[np.zeros(2)], [np.zeros(2), np.zeros(1)]],), ValueError, "must hold 1 tensors"),
+    (([[np.array([np.nan, 0.0])]],), ValueError, "NaN"),
+    (([[np.zeros(2)]], [1, 2]), ValueError, "one count per client"),
+    (([[np.zeros(2)]], [-1]), ValueError, "non-negative"),
+    ((np.zeros(3),), TypeError, "list"),
+])
+def test_server_aggregate_bad_input(args, error, match):
+    with pytest.raises(error, match=match):
+        fedavg.server_aggregate(*args)
+
+
+@pytest.fixture(scope="module")
+def small_federation(digits_split):
+    xtr, xte, ytr, yte = digits_split
+    parts = partition.dirichlet_partition(ytr, 6, alpha=0.5, seed=1)
+    return data.make_client_datasets(xtr, ytr, parts, batch_size=16, seed=2), (xte, yte)
+
+
+def test_client_update_reports_examples_and_learns(small_federation):
+    datasets, _ = small_federation
+    fedutils.set_seed(0)
+    model = models.create_digits_model()
+    start = model.get_weights()
+    n = sum(int(b["y"].shape[0]) for b in datasets[0])
+    result = fedavg.client_update(model, datasets[0], epochs=3, learning_rate=0.1)
+    assert result.num_examples == n
+    assert not np.allclose(result.weights[0], start[0])
+    first = fedavg.client_update(models.create_digits_model(), datasets[0], epochs=1)
+    assert result.metrics["loss"] < first.metrics["loss"] + 1.0
+
+
+def test_fast_path_equals_readable_client_update(small_federation):
+    datasets, eval_data = small_federation
+    runs = {}
+    for fast in (True, False):
+        fedutils.set_seed(0)
+        runs[fast] = fedavg.run_fedavg(
+            models.create_digits_model, datasets, rounds=2, clients_per_round=4, local_epochs=2,
+            proximal_mu=0.05, eval_data=eval_data, seed=3, progress=False, fast=fast)
+    for a, b in zip(runs[True].final_weights, runs[False].final_weights):
+        np.testing.assert_allclose(a, b, atol=1e-5)
+    np.testing.assert_allclose(runs[True]["train_loss"], runs[False]["train_loss"], rtol=1e-5)
+    assert runs[True]["accuracy"] == runs[False]["accuracy"]
+
+
+def test_one_round_equals_hand_written_fedavg(small_federation):
+    datasets, _ = small_federation
+    fedutils.set_seed(0)
+    model = models.create_digits_model()
+    start = model.get_weights()
+    history = fedavg.run_fedavg(model, datasets, rounds=1, progress=False,
+                                initial_weights=start)
+    results = []
+    for ds in datasets:
+        model.set_weights(start)
+        results.append(fedavg.client_update(model, ds, epochs=1, learning_rate=0.1))
+    expected = fedavg.server_aggregate([r.weights for r in results],
+                                       [r.num_examples for r in results])
+    for a, b in zip(history.final_weights, expected):
+        np.testing.assert_allclose(a, b, atol=1e-5)
+    unweighted = fedavg.server_aggregate([r.weights for r in results])
+    assert max(np.abs(a - b).max() for a, b in zip(history.final_weights, unweighted)) > 1e-4
+
+
+def test_same_seed_same_history(small_federation):
+    datasets, eval_data = small_federation
+    histories = []
+    for _ in range(2):
+        fedutils.set_seed(0)
+        histories.append(fedavg.run_fedavg(models.create_digits_model, datasets, rounds=3,
+                                           clients_per_round=0.5, availability=0.8,
+                                           eval_data=eval_data, seed=7, progress=False))
+    assert histories[0].rounds == [
+        {**r, "seconds": histories[0].rounds[i]["seconds"]}
+        for i, r in enumerate(histories[1].rounds)]
+
+
+def test_round_without_clients_keeps_the_model(small_federation):
+    datasets, eval_data = small_federation
+    fedutils.set_seed(0)
+    model = models.create_digits_model()
+    start = model.get_weights()
+    history = fedavg.run_fedavg(model, datasets, rounds=2, availability=1e-9,
+                                eval_data=eval_data, progress=False)
+    assert history["num_clients"] == [0, 0] and history["upload_bytes"] == [0, 0]
+    for a, b in zip(history.final_weights, start):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_fedavg_learns_digits(small_federation):
+    datasets, eval_data = small_federation
+    fedutils.set_seed(0)
+    history = fedavg.run_fedavg(models.create_digits_model, datasets, rounds=15,
+                                local_epochs=2, eval_data=eval_data, progress=False)
+    assert history.accuracy[-1] > 0.85 > history.accuracy[0] - 0.2
+
+
+def test_dropout_reduces_reporting_clients(small_federation):
+    datasets, _ = small_federation
+    history = fedavg.run_fedavg(models.create_digits_model, datasets, rounds=5, dropout=0.5,
+                                progress=False)
+    assert sum(history["num_clients"]) < sum(history["num_selected"])
+
+
+def test_history_plot_and_bad_metric(small_federation):
+    import matplotlib
+    matplotlib.use("Agg")
+    datasets, eval_data = small_federation
+    history = fedavg.run_fedavg(models.create_digits_model, datasets, rounds=2,
+                                eval_data=eval_data, progress=False)
+    assert len(history.plot().lines) == 1
+    with pytest.raises(ValueError, match="metric"):
+        history.plot("f1")
+
+
+@pytest.mark.parametrize("kwargs, error, match", [
+    ({"rounds": 0}, ValueError, "rounds"),
+    ({"clients_per_round": 0}, ValueError, "clients_per_round"),
+    ({"clients_per_round": 7}, ValueError, "clients_per_round"),
+    ({"clients_per_round": 1.5}, ValueError, "clients_per_round"),
+    ({"availability": 0.0}, ValueError, "availability"),
+    ({"dropout": 1.0}, ValueError, "dropout"),
+    ({"client_lr": -0.1}, ValueError, "client_lr"),
+    ({"proximal_mu": -1.0}, ValueError, "proximal_mu"),
+    ({"local_epochs": 1.5}, TypeError, "local_epochs"),
+    ({"aggregator": "mean"}, TypeError, "aggregator"),
+    ({"eval_data": (np.zeros((3, 64)),)}, ValueError, "eval_data"),
+    ({"initial_weights": [np.zeros(3)]}, ValueError, "initial_weights"),
+])
+def test_run_fedavg_bad_input(small_federation, kwargs, error, match):
+    datasets, _ = small_federation
+    with pytest.raises(error, match=match):
+        fedavg.run_fedavg(models.create_digits_model, datasets, progress=False, **kwargs)
+
+
+def test_run_fedavg_rejects_bad_datasets():
+    with pytest.raises(ValueError, match="empty"):
+        fedavg.run_fedavg(models.create_digits_model, [], progress=False)
+    with pytest.raises(TypeError, match="'x'"):
+        fedavg.run_fedavg(models.create_digits_model,
+                          [tf.data.Dataset.from_tensor_slices(np.zeros((4, 64)))],
+                          progress=False)
+    with pytest.raises(TypeError, match="Keras model"):
+        fedavg.client_update("model", None)
+
+
+def test_sample_clients_handles_availability():
+    rng = np.random.default_rng(0)
+    empty_rounds = sum(len(fedavg.sample_clients(2, None, 0.7, rng)) == 0 for _ in range(20000))
+    assert abs(empty_rounds / 20000 - 0.09) < 0.01  # 0.3 ** 2
+    chosen = fedavg.sample_clients(100, 0.1, 1.0, np.random.default_rng(1))
+    assert len(chosen) == 10 and len(set(chosen)) == 10
