@@ -211,7 +211,8 @@ def _check_lrs(client_lr: Any, server_lr: Any) -> tuple[float, float]:
 
 
 def _new_model(create_model: Callable[[], tf.keras.Model]) -> tf.keras.Model:
-    model = create_model() if callable(create_model) else None
+    is_factory = callable(create_model) and not isinstance(create_model, tf.keras.Model)
+    model = create_model() if is_factory else None
     if not isinstance(model, tf.keras.Model):
         raise TypeError("create_model must be a function that returns a new Keras model "
                         "(TFF builds the model itself, more than once)")

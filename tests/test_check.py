@@ -30,7 +30,7 @@ def test_check_passes_here_and_explains_the_overrides(capsys):
     lines = [ln for ln in out.splitlines() if ln.startswith("[")]
     assert all(ln.startswith(("[OK]", "[FAIL]")) for ln in lines)
     if check.profile() == "course":
-        assert "jaxlib 0.4.14, which is no longer on PyPI" in out
+        assert "jaxlib==0.4.14, which is no longer on PyPI" in out
         assert "typing-extensions==4.5.*" in out
 
 
