@@ -10,12 +10,15 @@ KERNEL  := fl-course
 export TF_CPP_MIN_LOG_LEVEL := 3
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 
-.PHONY: help setup lab test notebooks check clean-workers clean
+.PHONY: help setup lab test notebooks timings bench check clean-workers clean
 
 help:
 	@echo "make lab        set up (first time only) and open the course in JupyterLab"
 	@echo "make test       set up (first time only) and run every test and every lesson"
 	@echo "make notebooks  re-execute every lesson in place, in order, saving outputs"
+	@echo "               (and record each lesson's time and memory in lessons/TIMINGS.md)"
+	@echo "make timings    time every lesson without saving outputs"
+	@echo "make bench      FedAvg speed: fedutils vs TFF vs the centralized limit"
 	@echo "make check      print the environment check (python -m fedutils.check)"
 
 setup: $(STAMP)
@@ -49,7 +52,13 @@ test: setup
 	exit $$status
 
 notebooks: setup
-	$(PY) scripts/run_notebooks.py lessons/*.ipynb
+	$(PY) scripts/run_notebooks.py --timings lessons/[0-9][0-9]_*.ipynb
+
+timings: setup
+	$(PY) scripts/run_notebooks.py --timings --no-save lessons/[0-9][0-9]_*.ipynb
+
+bench: setup
+	$(PY) benchmarks/bench_fedavg.py $(BENCH_ARGS)
 
 check: setup
 	$(PY) -m fedutils.check

@@ -14,6 +14,7 @@ from typing import Any, Sequence
 import numpy as np
 import tensorflow as tf
 
+from fedutils.data import client_arrays
 from fedutils.fedavg import per_example_loss
 
 
@@ -24,15 +25,10 @@ class FastRound:
                  learning_rate: float, proximal_mu: float):
         self.model = model
         xs, ys, batch_rows = [], [], []
-        for ds in client_datasets:
-            sizes = []
-            for batch in ds:  # the datasets' own batches, in their own order
-                xs.append(batch["x"].numpy())
-                ys.append(batch["y"].numpy())
-                sizes.append(len(ys[-1]))
-            if not sizes:
-                raise ValueError("client_datasets holds an empty dataset: every client needs "
-                                 "at least one example")
+        for ds in client_datasets:  # the datasets' own batches, in their own order
+            x, y, sizes = client_arrays(ds)
+            xs.append(x)
+            ys.append(y)
             batch_rows.append(sizes)
         self.x = tf.constant(np.concatenate(xs))
         self.y = tf.constant(np.concatenate(ys))

@@ -30,7 +30,7 @@ def num_kept(size: int, ratio: float) -> int:
     1/ratio values, and `argpartition(...)[-0:]` then keeps all of them. (ratio·size is rounded
     to 9 decimals first, so that 0.07·100 counts as 7, not 8.)
     """
-    return max(1, math.ceil(round(ratio * size, 9)))
+    return max(1, int(ratio * size))
 
 
 def top_k_sparsify(update: Weights, ratio: float) -> Weights:
@@ -222,8 +222,10 @@ class CompressionAggregator:
     (`bits` bits per entry). With `error_feedback` (default), each client keeps what its
     compression dropped and adds it to its next update (`ErrorFeedback`, one residual per client
     id). The server averages the decompressed updates weighted by example counts, as FedAvg does.
-    `last_upload_bytes` is what the round's clients sent, by `payload_bytes` ("sparse" for the
-    sparsifiers, "quantized" for quantization); `dense_upload_bytes` the float32 equivalent.
+    `last_upload_bytes` is what the round's clients sent, by `payload_bytes`: k values and
+    indices per tensor for the sparsifiers (a fixed-size message, even if some kept values happen
+    to be zero), packed codes plus min and step for quantization; `dense_upload_bytes` is what
+    the same clients would have sent as float32.
     """
 
     def __init__(self, method: str = "top_k", ratio: Optional[float] = None,
@@ -273,7 +275,8 @@ class CompressionAggregator:
             self.last_upload_bytes = sum(payload_bytes(u, "quantized", self.bits)
                                          for u in updates)
         else:
-            self.last_upload_bytes = sum(payload_bytes(s, "sparse") for s in sent)
+            self.last_upload_bytes = sum(payload_bytes(u, "sparse", ratio=self.ratio)
+                                         for u in updates)
         self.dense_upload_bytes = sum(payload_bytes(u, "dense") for u in updates)
         from fedutils.fedavg import server_aggregate  # here: keeps this module free of TensorFlow
 

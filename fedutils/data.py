@@ -137,9 +137,33 @@ def make_client_datasets(x: np.ndarray, y: np.ndarray, partitions: Sequence[Sequ
     for idx in parts:
         order = rng.permutation(idx) if shuffle else idx
         features = x[order].astype(np.float32) if np.issubdtype(x.dtype, np.floating) else x[order]
-        datasets.append(tf.data.Dataset.from_tensor_slices(
-            {"x": features, "y": y[order].astype(np.int32)}).batch(batch_size))
+        labels = y[order].astype(np.int32)
+        ds = tf.data.Dataset.from_tensor_slices({"x": features, "y": labels}).batch(batch_size)
+        # Keep the arrays beside the dataset: fedutils' fast paths read them directly instead
+        # of iterating the dataset (about 20 ms per client in eager TensorFlow).
+        ds._fedutils_arrays = (features, labels, batch_size)
+        datasets.append(ds)
     return datasets
+
+
+def client_arrays(dataset: Any) -> tuple[np.ndarray, np.ndarray, list[int]]:
+    """A client dataset's examples as arrays, in batch order, and its batch sizes.
+
+    Instant for datasets made by `make_client_datasets`; other datasets of {"x", "y"} batches
+    are iterated once.
+    """
+    cached = getattr(dataset, "_fedutils_arrays", None)
+    if cached is not None:
+        x, y, batch_size = cached
+        sizes = [min(batch_size, len(y) - i) for i in range(0, len(y), batch_size)]
+        return x, y, sizes
+    xs, ys = [], []
+    for batch in dataset:
+        xs.append(batch["x"].numpy())
+        ys.append(batch["y"].numpy())
+    if not ys:
+        raise ValueError("dataset is empty: every client needs at least one example")
+    return np.concatenate(xs), np.concatenate(ys), [len(b) for b in ys]
 
 
 def check_partitions(partitions: Any, num_examples: int) -> list[np.ndarray]:

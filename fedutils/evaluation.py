@@ -82,15 +82,14 @@ def federated_evaluate(model: tf.keras.Model, client_datasets: Sequence[Any],
     if weights is not None:
         model.set_weights(check_weights("weights", weights, like=model.get_weights()))
     xs, ys, counts = [], [], []
-    for i, ds in enumerate(client_datasets):
-        if len(ds.element_spec["x"].shape) != len(model.input_shape):
-            raise ValueError(f"client_datasets[{i}] must yield batches with x of shape "
-                             f"{model.input_shape}, got {ds.element_spec['x'].shape} "
-                             "(batch it with .batch(n))")
-        batches = list(ds.as_numpy_iterator())
+    for i, batches in enumerate(_client_batches(list(client_datasets))):
         if not batches:
             raise ValueError(f"client_datasets[{i}] is empty: each client needs at least one "
                              "held-out example")
+        if batches[0]["x"].ndim != len(model.input_shape):
+            raise ValueError(f"client_datasets[{i}] must yield batches with x of shape "
+                             f"{model.input_shape}, got {batches[0]['x'].shape} "
+                             "(batch it with .batch(n))")
         client_y = [np.reshape(b["y"], -1) for b in batches]
         xs += [b["x"] for b in batches]
         ys += client_y
@@ -116,3 +115,20 @@ def federated_evaluate(model: tf.keras.Model, client_datasets: Sequence[Any],
                   "accuracy": float(correct_sums.sum() / total)},
         unweighted={"loss": float(np.mean([c["loss"] for c in per_client])),
                     "accuracy": float(np.mean([c["accuracy"] for c in per_client]))})
+
+
+def _client_batches(datasets: list) -> list:
+    """Every client's batches as NumPy dicts. One tf.data pipeline reads them all, which is
+    many times faster than starting one iterator per client."""
+    sizes = [int(ds.cardinality()) for ds in datasets]
+    for i, size in enumerate(sizes):
+        if size == tf.data.INFINITE_CARDINALITY:
+            raise ValueError(f"client_datasets[{i}] repeats forever; evaluate on a finite "
+                             "dataset (drop .repeat())")
+    if min(sizes) < 0:  # a length tf.data cannot tell in advance: read client by client
+        return [list(ds.as_numpy_iterator()) for ds in datasets]
+    choice = tf.data.Dataset.from_tensor_slices(
+        np.repeat(np.arange(len(datasets), dtype=np.int64), sizes))
+    batches = list(tf.data.Dataset.choose_from_datasets(datasets, choice).as_numpy_iterator())
+    ends = np.cumsum(sizes)
+    return [batches[end - size:end] for end, size in zip(ends, sizes)]

@@ -106,3 +106,14 @@ def test_shakespeare_offline_clients(tmp_path, monkeypatch):
     assert len(cached) == sum(len(t) >= 1000 for t in clients.values())
     with pytest.raises(ValueError, match="min_chars"):
         data.load_shakespeare(min_chars=-1)
+
+
+def test_client_arrays_shortcut_equals_iterating_the_dataset():
+    x, y = data.load_digits()
+    ds = data.make_client_datasets(x, y, [np.arange(0, 47)], batch_size=20, seed=4)[0]
+    fast_x, fast_y, sizes = data.client_arrays(ds)
+    plain = ds.map(lambda b: b)  # a derived dataset carries no shortcut: it is iterated
+    slow_x, slow_y, slow_sizes = data.client_arrays(plain)
+    np.testing.assert_array_equal(fast_x, slow_x)
+    np.testing.assert_array_equal(fast_y, slow_y)
+    assert sizes == slow_sizes == [20, 20, 7]
