@@ -46,12 +46,13 @@ lab: setup
 	    --MappingKernelManager.default_kernel_name=$(KERNEL) $(LAB_ARGS) lessons/01_introduction.ipynb
 
 test: setup
-	@start=$$(date +%s); status=0; \
+	@export FEDUTILS_RUN_ID="make-test-$$$$-$$(date +%s)"; status=0; \
 	$(PY) -m pytest $(PYTEST_ARGS) || status=$$?; \
-	$(PY) -m fedutils.workers --since $$start --report || status=1; \
+	$(PY) -m fedutils.workers --run-id "$$FEDUTILS_RUN_ID" --report || status=1; \
 	exit $$status
 
 notebooks: setup
+	$(PY) scripts/stamp_lessons.py
 	$(PY) scripts/run_notebooks.py --timings lessons/[0-9][0-9]_*.ipynb
 
 timings: setup

@@ -30,7 +30,7 @@ def num_kept(size: int, ratio: float) -> int:
     1/ratio values, and `argpartition(...)[-0:]` then keeps all of them. (ratio·size is rounded
     to 9 decimals first, so that 0.07·100 counts as 7, not 8.)
     """
-    return max(1, int(ratio * size))
+    return max(1, math.ceil(round(ratio * size, 9)))
 
 
 def top_k_sparsify(update: Weights, ratio: float) -> Weights:

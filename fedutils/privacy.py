@@ -275,13 +275,15 @@ def secure_sum(updates: list[Weights], seed: int, dropped: Iterable[int] = (),
     otherwise. Rounding costs at most 0.5/scale per client and entry.
     """
     updates = check_weight_list("updates", updates)
+    seed = check_int("seed", seed, minimum=0)
+    scale = check_float("scale", scale, low=0.0, low_inclusive=False)
     n = len(updates)
     dropped = _check_dropped(dropped, n)
     survivors = [i for i in range(n) if i not in dropped]
     plain = [np.sum(layer, axis=0) for layer in
              zip(*(_encode(updates[i], scale, f"updates[{i}]", as_int=True) for i in survivors))]
     limit = 2 ** 31
-    worst = max(float(np.max(np.abs(p))) for p in plain)
+    worst = max(float(np.max(np.abs(p), initial=0)) for p in plain)
     if worst >= limit:
         raise ValueError(f"updates: the sum of the surviving updates reaches {worst / scale:g}, "
                          f"outside the representable range |sum| < 2**31/scale = "
@@ -332,7 +334,7 @@ def _pair_masks(seed: int, i: int, j: int, like: Weights) -> list[np.ndarray]:
 def _encode(update: Weights, scale: float, name: str, as_int: bool = False) -> list[np.ndarray]:
     """Fixed point: round(x·scale) as int64, or modulo 2**32 as uint32 (two's complement)."""
     ints = [np.round(_as_float(a) * scale) for a in update]
-    worst = max(float(np.max(np.abs(q))) for q in ints)
+    worst = max(float(np.max(np.abs(q), initial=0)) for q in ints)
     if worst >= 2 ** 31:
         raise ValueError(f"{name} has an entry of {worst / scale:g}, outside the representable "
                          f"range |x| < 2**31/scale = {2 ** 31 / scale:g}; lower scale or clip "

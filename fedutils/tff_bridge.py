@@ -101,9 +101,15 @@ def build_fedavg(create_model: Callable[[], tf.keras.Model], element_spec: Any,
 
 def build_fedprox(create_model: Callable[[], tf.keras.Model], element_spec: Any,
                   proximal_mu: float, client_lr: float = 0.1, server_lr: float = 1.0):
-    """TFF's FedProx process (`build_weighted_fed_prox`). Its clients add
-    proximal_mu·(w - w_global) to each gradient: the gradient of (mu/2)·||w - w_global||², the
-    same proximal term as `run_fedavg(..., proximal_mu=mu)`."""
+    """TFF's FedProx process (`build_weighted_fed_prox`) with plain SGD, `proximal_mu` as its
+    `proximal_strength`.
+
+    Beware: TFF 0.87 gets the sign of the proximal term wrong. FedProx adds
+    (mu/2)·||w - w_global||² to the client loss, whose gradient is mu·(w - w_global), as
+    `run_fedavg(..., proximal_mu=mu)` does; TFF's client work
+    (templates/proximal_client_work.py) adds mu·(w_global - w) to each gradient instead, which
+    pushes the local model away from the global one. tests/test_tff_bridge.py checks both.
+    """
     tff = import_tff()
     proximal_mu = check_float("proximal_mu", proximal_mu, low=0.0)
     client_lr, server_lr = _check_lrs(client_lr, server_lr)

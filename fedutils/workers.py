@@ -5,7 +5,11 @@ never stops it: it outlives its parent (and, in a script, keeps the script's std
 pipe reading that output never ends). `fedutils.tff_bridge` calls `stop_on_exit()` when it first
 imports TFF; the test harness and `make test` call `stop_workers()` as a backstop.
 
-Command line:  python -m fedutils.workers [--since EPOCH] [--report]
+A run (a test session, `make notebooks`) can tag everything it starts by setting the
+environment variable FEDUTILS_RUN_ID: kernels and their helpers inherit it, so the run can stop
+exactly its own helpers, even after their parents are gone, and nobody else's.
+
+Command line:  python -m fedutils.workers [--since EPOCH] [--run-id ID] [--report]
 """
 from __future__ import annotations
 
@@ -19,13 +23,15 @@ from typing import Optional
 import psutil
 
 WORKER_NAME = "worker_binary"
+RUN_ID_VARIABLE = "FEDUTILS_RUN_ID"
 _installed = False
 
 
-def find_workers(since: Optional[float] = None, children_of: Optional[int] = None
-                 ) -> list[psutil.Process]:
+def find_workers(since: Optional[float] = None, children_of: Optional[int] = None,
+                 run_id: Optional[str] = None) -> list[psutil.Process]:
     """TFF helper processes on this machine, optionally only those started after `since`
-    (seconds since the epoch) or only the descendants of process `children_of`."""
+    (seconds since the epoch), only the descendants of process `children_of`, or only those
+    whose environment carries FEDUTILS_RUN_ID=`run_id`."""
     if children_of is not None:
         try:
             candidates = psutil.Process(children_of).children(recursive=True)
@@ -40,6 +46,8 @@ def find_workers(since: Optional[float] = None, children_of: Optional[int] = Non
                 continue
             if since is not None and proc.create_time() < since:
                 continue
+            if run_id is not None and proc.environ().get(RUN_ID_VARIABLE) != run_id:
+                continue
             found.append(proc)
         except (psutil.NoSuchProcess, psutil.AccessDenied):
             continue
@@ -47,9 +55,9 @@ def find_workers(since: Optional[float] = None, children_of: Optional[int] = Non
 
 
 def stop_workers(since: Optional[float] = None, children_of: Optional[int] = None,
-                 timeout: float = 5.0) -> int:
+                 run_id: Optional[str] = None, timeout: float = 5.0) -> int:
     """Stop matching helpers (SIGINT as TFF itself does, then SIGKILL); return how many."""
-    workers = find_workers(since=since, children_of=children_of)
+    workers = find_workers(since=since, children_of=children_of, run_id=run_id)
     for proc in workers:
         try:
             proc.send_signal(signal.SIGINT)
@@ -95,10 +103,12 @@ def main(argv: Optional[list[str]] = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--since", type=float, default=None,
                         help="only helpers started after this time (seconds since the epoch)")
+    parser.add_argument("--run-id", default=None,
+                        help=f"only helpers started by the run that set {RUN_ID_VARIABLE}")
     parser.add_argument("--report", action="store_true",
                         help="exit with status 1 if any helper had been left running")
     args = parser.parse_args(argv)
-    stopped = stop_workers(since=args.since)
+    stopped = stop_workers(since=args.since, run_id=args.run_id)
     if stopped:
         print(f"fedutils.workers: stopped {stopped} leftover TFF {WORKER_NAME} process(es)",
               file=sys.stderr)

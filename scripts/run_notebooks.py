@@ -50,7 +50,6 @@ class PeakMemory(threading.Thread):
 
 def run(path: Path, save: bool, timeout: int) -> dict:
     nb = nbformat.read(path, as_version=4)
-    env_before = time.time()
     client = NotebookClient(nb, timeout=timeout, kernel_name=KERNEL,
                             resources={"metadata": {"path": str(path.parent)}})
     monitor = PeakMemory(client)
@@ -61,7 +60,7 @@ def run(path: Path, save: bool, timeout: int) -> dict:
             client.execute_cell(cell, index)
     seconds = time.perf_counter() - started
     monitor.done.set()
-    stop_workers(since=env_before)
+    stop_workers(run_id=os.environ["FEDUTILS_RUN_ID"])
     nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3 (ipykernel)",
                                  "language": "python"}
     if save:
@@ -91,6 +90,7 @@ def main() -> int:
     parser.add_argument("--timeout", type=int, default=600, help="seconds per cell")
     args = parser.parse_args()
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+    os.environ.setdefault("FEDUTILS_RUN_ID", f"notebooks-{os.getpid()}-{time.time():.0f}")
     results = []
     for path in sorted(args.notebooks):
         result = run(path, save=not args.no_save, timeout=args.timeout)

@@ -6,16 +6,15 @@ import os
 import time
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+# Every kernel and TFF helper this session starts inherits this tag (see fedutils.workers).
+os.environ.setdefault("FEDUTILS_RUN_ID", f"pytest-{os.getpid()}-{time.time():.0f}")
 
 import pytest  # noqa: E402
-
-SESSION_START = time.time() - 1
-
 
 def pytest_sessionfinish(session, exitstatus):
     from fedutils.workers import stop_workers
 
-    stopped = stop_workers(since=SESSION_START)
+    stopped = stop_workers(run_id=os.environ["FEDUTILS_RUN_ID"])
     if stopped:
         print(f"\nconftest: stopped {stopped} TFF worker_binary helper(s) started by this run")
 

@@ -47,7 +47,8 @@ def test_lessons_are_numbered_in_order():
 def test_lesson_is_committed_clean(path):
     nb = nbformat.read(path, as_version=4)
     nbformat.validate(nb)
-    title = next(c for c in nb.cells if c.cell_type == "markdown")
+    title = next(c for c in nb.cells if c.cell_type == "markdown"
+                 and "course-stamp" not in c.metadata.get("tags", []))
     assert title.source.startswith(f"# {path.name[:2]} · "), "title cell '# NN · Title'"
     code = [c for c in nb.cells if c.cell_type == "code"]
     counts = [c.execution_count for c in code if c.execution_count is not None]
@@ -62,3 +63,24 @@ def test_lesson_is_committed_clean(path):
     assert "# SOLUTION" in sources and "# CHECK" in sources, "exercises with solutions and checks"
     for removed in ("tff.learning.from_keras_model(", "build_federated_averaging_process("):
         assert removed not in sources, f"removed TFF API {removed} called"
+
+
+def test_lessons_are_in_sync_with_the_stamp_script(tmp_path):
+    """Badge, Colab cell and navigation come from scripts/stamp_lessons.py and one address."""
+    log = tmp_path / "stamp.log"
+    with open(log, "w") as out:
+        code = subprocess.run([sys.executable, str(ROOT / "scripts" / "stamp_lessons.py"),
+                               "--check"], stdout=out, stderr=subprocess.STDOUT).returncode
+    assert code == 0, log.read_text()
+
+
+@pytest.mark.parametrize("path", LESSONS, ids=[p.stem for p in LESSONS])
+def test_lesson_has_badge_colab_cell_and_navigation(path):
+    nb = nbformat.read(path, as_version=4)
+    stamps = {c.metadata.get("stamp"): c for c in nb.cells
+              if "course-stamp" in c.metadata.get("tags", [])}
+    assert set(stamps) == {"header", "colab", "footer"}
+    assert "colab.research.google.com/github/" in stamps["header"].source
+    assert path.name in stamps["header"].source
+    assert stamps["colab"].source.startswith("# NBVAL_SKIP")
+    assert nb.cells[0] is stamps["header"] and nb.cells[-1] is stamps["footer"]

@@ -153,10 +153,10 @@ def test_compute_epsilon_agrees_with_the_exact_gaussian_mechanism():
     # an upper bound.
     for sigma in (0.8, 2.0, 5.0):
         exact = analytic_gaussian_epsilon(sigma, 1e-5)
-        assert privacy.compute_epsilon(sigma, 1.0, 1, 1e-5, "pld") == pytest.approx(exact,
-                                                                                   rel=1e-2)
+        pld = privacy.compute_epsilon(sigma, 1.0, 1, 1e-5, "pld")
+        assert pld == pytest.approx(exact, rel=1e-5)
         rdp = privacy.compute_epsilon(sigma, 1.0, 1, 1e-5, "rdp")
-        assert exact <= rdp <= 1.5 * exact
+        assert exact < rdp < 1.2 * exact
 
 
 def test_compute_epsilon_moves_the_right_way():
@@ -267,8 +267,8 @@ def test_secure_sum_recovers_the_survivors_sum_when_clients_drop():
         np.testing.assert_allclose(a, b, atol=len(survivors) * 0.5 / 2 ** 16)
     # without the server's recovery step the survivors' masks do not cancel: garbage
     masked = privacy.mask_updates(updates, seed=2)
-    naive = privacy._decode(np.sum([masked[i][0] for i in survivors], axis=0,
-                                   dtype=np.uint32), 2 ** 16)
+    naive = np.sum([masked[i][0] for i in survivors], axis=0, dtype=np.uint32).astype(np.int64)
+    naive = np.where(naive >= 2 ** 31, naive - 2 ** 32, naive) / 2 ** 16  # two's complement
     assert np.max(np.abs(naive - expected[0])) > 1000
 
 

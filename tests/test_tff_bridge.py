@@ -89,16 +89,35 @@ def test_one_round_equals_tff_weighted_fed_avg(clients, initial_weights, tff_one
     assert max_diff(ours, initial_weights) > 1e-2  # the round did move the model
 
 
+def local_updates(datasets, weights, sign=0.0):
+    """Each client's weights after one epoch of SGD (lr 0.1) from `weights`, with
+    sign·MU·(w - w_global) added to every gradient (0: plain FedAvg)."""
+    import tensorflow as tf
+
+    model, results = create_digits_model(), []
+    anchor = [tf.constant(w) for w in weights]
+    for ds in datasets:
+        model.set_weights(weights)
+        for batch in ds:
+            with tf.GradientTape() as tape:
+                loss = tf.reduce_mean(fedavg.per_example_loss(
+                    model, batch["y"], model(batch["x"], training=True)))
+            grads = tape.gradient(loss, model.trainable_variables)
+            for v, g, a in zip(model.trainable_variables, grads, anchor):
+                v.assign_sub(0.1 * (g + sign * MU * (v - a)))
+        results.append(model.get_weights())
+    return results
+
+
 @needs_tff
-def test_an_unweighted_mean_would_fail_the_reference_check(clients, initial_weights,
-                                                           tff_one_round):
-    model = create_digits_model()
-    local = []
-    for ds in clients:
-        model.set_weights(initial_weights)
-        local.append(fedavg.client_update(model, ds, epochs=1, learning_rate=0.1).weights)
-    assert max_diff(fedavg.server_aggregate(local), tff_one_round) > 100 * TOL
+def test_weighted_and_unweighted_fed_avg(spec, clients, initial_weights, tff_one_round):
+    local = local_updates(clients, initial_weights)
     assert max_diff(fedavg.server_aggregate(local, list(SIZES)), tff_one_round) < TOL
+    # The unequal client sizes make the weighting visible: a plain mean fails the check above.
+    assert max_diff(fedavg.server_aggregate(local), tff_one_round) > 100 * TOL
+    unweighted = tff_bridge.build_fedavg(create_digits_model, spec, weighted=False)
+    theirs = tff_round(unweighted, initial_weights, clients)
+    assert max_diff(fedavg.server_aggregate(local), theirs) < TOL
 
 
 @needs_tff
@@ -113,14 +132,29 @@ def test_two_local_epochs_equal_tff_on_repeated_datasets(fedavg_process, clients
 
 
 @needs_tff
-def test_one_round_equals_tff_fed_prox(spec, clients, initial_weights, tff_one_round):
+def test_tff_fed_prox_has_the_proximal_term_with_the_wrong_sign(spec, clients, initial_weights,
+                                                                tff_one_round):
+    """FedProx's gradient term is +mu·(w - w_global) (run_fedavg's); TFF 0.87 adds
+    mu·(w_global - w). If a TFF release fixes it, the first assertion fails: then compare
+    build_fedprox with run_fedavg(..., proximal_mu=MU) directly."""
     process = tff_bridge.build_fedprox(create_digits_model, spec, proximal_mu=MU)
     theirs = tff_round(process, initial_weights, clients)
+    reversed_sign = fedavg.server_aggregate(local_updates(clients, initial_weights, -1.0),
+                                            list(SIZES))
+    print(f"TFF FedProx vs reversed-sign FedProx: {max_diff(theirs, reversed_sign):.2e}")
+    assert max_diff(theirs, reversed_sign) < TOL
     ours = fedutils_round(clients, initial_weights, True, proximal_mu=MU)
-    diff = max_diff(ours, theirs)
-    print(f"FedProx mu={MU}: max |fedutils - TFF| = {diff:.2e}")
-    assert diff < TOL
-    assert max_diff(theirs, tff_one_round) > 100 * TOL  # the proximal term did something
+    correct_sign = fedavg.server_aggregate(local_updates(clients, initial_weights, 1.0),
+                                           list(SIZES))
+    print(f"fedutils FedProx vs correct-sign FedProx: {max_diff(ours, correct_sign):.2e}")
+    assert max_diff(ours, correct_sign) < TOL
+    assert max_diff(theirs, ours) > 100 * TOL
+
+    def distance(weights):
+        return np.sqrt(sum(np.sum((w - w0) ** 2) for w, w0 in zip(weights, initial_weights)))
+
+    # FedProx should keep the clients closer to the global model than FedAvg; TFF's moves further.
+    assert distance(ours) < distance(tff_one_round) < distance(theirs)
 
 
 @needs_tff

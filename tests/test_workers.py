@@ -1,3 +1,4 @@
+import os
 import shutil
 import subprocess
 import time
@@ -5,30 +6,37 @@ import time
 from fedutils import workers
 
 
-def test_stop_workers_stops_only_recent_helpers(tmp_path):
-    fake = tmp_path / workers.WORKER_NAME
+def start_fake_worker(tmp_path, run_id):
+    """A stand-in for TFF's helper: `sleep` renamed worker_binary, tagged with a run id."""
+    folder = tmp_path / run_id
+    folder.mkdir()
+    fake = folder / workers.WORKER_NAME
     shutil.copy(shutil.which("sleep"), fake)
-    since = time.time() - 1
-    proc = subprocess.Popen([str(fake), "300"])
+    env = {**os.environ, workers.RUN_ID_VARIABLE: run_id}
+    proc = subprocess.Popen([str(fake), "300"], env=env)
+    time.sleep(0.3)
+    return proc
+
+
+def test_stop_workers_stops_only_this_runs_helpers(tmp_path):
+    mine = start_fake_worker(tmp_path, "run-a")
+    other = start_fake_worker(tmp_path, "run-b")
     try:
-        time.sleep(0.3)
-        assert any(p.pid == proc.pid for p in workers.find_workers(since=since))
-        assert not any(p.pid == proc.pid for p in workers.find_workers(since=time.time() + 60))
-        assert workers.stop_workers(since=since) >= 1
-        assert proc.wait(timeout=10) is not None
-        assert not workers.find_workers(since=since)
+        assert [p.pid for p in workers.find_workers(run_id="run-a")] == [mine.pid]
+        assert not workers.find_workers(since=time.time() + 60)
+        assert workers.stop_workers(run_id="run-a") == 1
+        assert mine.wait(timeout=10) is not None
+        assert other.poll() is None, "another run's helper must survive"
+        assert not workers.find_workers(run_id="run-a")
     finally:
-        proc.kill()
+        mine.kill()
+        other.kill()
 
 
 def test_cli_reports_leftovers(tmp_path):
-    fake = tmp_path / workers.WORKER_NAME
-    shutil.copy(shutil.which("sleep"), fake)
-    since = time.time() - 1
-    proc = subprocess.Popen([str(fake), "300"])
+    proc = start_fake_worker(tmp_path, "run-c")
     try:
-        time.sleep(0.3)
-        assert workers.main(["--since", str(since), "--report"]) == 1
-        assert workers.main(["--since", str(since), "--report"]) == 0
+        assert workers.main(["--run-id", "run-c", "--report"]) == 1
+        assert workers.main(["--run-id", "run-c", "--report"]) == 0
     finally:
         proc.kill()
