@@ -2,6 +2,7 @@ import os
 import shutil
 import subprocess
 import time
+import uuid
 
 from fedutils import workers
 
@@ -19,24 +20,26 @@ def start_fake_worker(tmp_path, run_id):
 
 
 def test_stop_workers_stops_only_this_runs_helpers(tmp_path):
-    mine = start_fake_worker(tmp_path, "run-a")
-    other = start_fake_worker(tmp_path, "run-b")
+    run_a, run_b = f"a-{uuid.uuid4()}", f"b-{uuid.uuid4()}"
+    mine = start_fake_worker(tmp_path, run_a)
+    other = start_fake_worker(tmp_path, run_b)
     try:
-        assert [p.pid for p in workers.find_workers(run_id="run-a")] == [mine.pid]
+        assert [p.pid for p in workers.find_workers(run_id=run_a)] == [mine.pid]
         assert not workers.find_workers(since=time.time() + 60)
-        assert workers.stop_workers(run_id="run-a") == 1
+        assert workers.stop_workers(run_id=run_a) == 1
         assert mine.wait(timeout=10) is not None
         assert other.poll() is None, "another run's helper must survive"
-        assert not workers.find_workers(run_id="run-a")
+        assert not workers.find_workers(run_id=run_a)
     finally:
         mine.kill()
         other.kill()
 
 
 def test_cli_reports_leftovers(tmp_path):
-    proc = start_fake_worker(tmp_path, "run-c")
+    run_id = f"c-{uuid.uuid4()}"
+    proc = start_fake_worker(tmp_path, run_id)
     try:
-        assert workers.main(["--run-id", "run-c", "--report"]) == 1
-        assert workers.main(["--run-id", "run-c", "--report"]) == 0
+        assert workers.main(["--run-id", run_id, "--report"]) == 1
+        assert workers.main(["--run-id", run_id, "--report"]) == 0
     finally:
         proc.kill()
