@@ -7,14 +7,18 @@ VENV    ?= .venv
 PY      := $(VENV)/bin/python
 STAMP   := $(VENV)/.course-installed
 KERNEL  := fl-course
+MODERN_VENV  ?= .venv-modern
+MODERN_PY    := $(MODERN_VENV)/bin/python
+MODERN_STAMP := $(MODERN_VENV)/.course-installed
 export TF_CPP_MIN_LOG_LEVEL := 3
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 
-.PHONY: help setup lab test notebooks timings bench check clean-workers clean
+.PHONY: help setup lab test notebooks timings bench check clean-workers clean setup-modern test-modern
 
 help:
 	@echo "make lab        set up (first time only) and open the course in JupyterLab"
 	@echo "make test       set up (first time only) and run every test and every lesson"
+	@echo "make test-modern  the same in a current TensorFlow/Keras 3 environment without TFF (as Colab)"
 	@echo "make notebooks  re-execute every lesson in place, in order, saving outputs"
 	@echo "               (and record each lesson's time and memory in lessons/TIMINGS.md)"
 	@echo "make timings    time every lesson without saving outputs"
@@ -40,6 +44,27 @@ $(STAMP): requirements.txt requirements-tff.txt pyproject.toml
 	$(PY) -m ipykernel install --sys-prefix --name $(KERNEL) --display-name "Python 3 (FL course)" >/dev/null
 	$(PY) -m fedutils.check
 	@touch $@
+
+# The Colab-like environment: newest TensorFlow and Keras 3, no TFF.
+setup-modern: $(MODERN_STAMP)
+
+$(MODERN_STAMP): requirements-modern.txt pyproject.toml
+	@set -e; \
+	if [ ! -x "$(MODERN_PY)" ]; then \
+	    base=$$(./scripts/find_python.sh --modern); \
+	    echo "Creating $(MODERN_VENV) with $$base ($$($$base --version))"; \
+	    "$$base" -m venv "$(MODERN_VENV)"; \
+	fi
+	$(MODERN_PY) -m pip install --quiet --upgrade "pip>=23.2" "setuptools>=64" wheel
+	$(MODERN_PY) -m pip install --quiet -r requirements-modern.txt
+	$(MODERN_PY) -m pip install --quiet --no-deps --no-build-isolation -e .
+	$(MODERN_PY) -m ipykernel install --sys-prefix --name $(KERNEL)-modern --display-name "Python 3 (FL course, Keras 3)" >/dev/null
+	$(MODERN_PY) -m fedutils.check
+	@touch $@
+
+test-modern: setup-modern
+	@export FEDUTILS_RUN_ID="make-test-modern-$$$$-$$(date +%s)"; \
+	$(MODERN_PY) -m pytest --nbval-kernel-name=$(KERNEL)-modern $(PYTEST_ARGS)
 
 lab: setup
 	$(VENV)/bin/jupyter lab --ServerApp.root_dir="$(CURDIR)" \
@@ -69,4 +94,4 @@ clean-workers:
 	@$(PY) -m fedutils.workers
 
 clean:
-	rm -rf $(VENV) data/cache build .pytest_cache
+	rm -rf $(VENV) $(MODERN_VENV) data/cache build .pytest_cache

@@ -108,3 +108,17 @@ def _range(minimum: Optional[int], maximum: Optional[int]) -> str:
     lo = "-inf" if minimum is None else str(minimum)
     hi = "inf" if maximum is None else str(maximum)
     return f"[{lo}, {hi}]"
+
+
+def check_rng(rng: Any) -> np.random.Generator:
+    """A NumPy Generator from None (fresh entropy), a seed (int >= 0) or a Generator."""
+    if isinstance(rng, np.random.Generator):
+        return rng
+    if rng is None:
+        return np.random.default_rng()
+    return np.random.default_rng(check_int("rng", rng, minimum=0))
+
+
+def float_dtype(a: np.ndarray) -> np.dtype:
+    """The array's dtype if it is floating point, else float64 (for results of arithmetic)."""
+    return a.dtype if np.issubdtype(a.dtype, np.floating) else np.dtype(np.float64)

@@ -14,7 +14,8 @@ from typing import Any, Callable, Hashable, Optional
 
 import numpy as np
 
-from fedutils._validate import check_float, check_int, check_weight_list, check_weights
+from fedutils._validate import (check_float, check_int, check_rng, check_weight_list,
+                                check_weights, float_dtype)
 
 Weights = list  # a list of NumPy arrays, as model.get_weights() returns
 SCHEMES = ("dense", "sparse", "quantized")
@@ -57,7 +58,7 @@ def random_k_sparsify(update: Weights, ratio: float, rng: Any = None,
     """
     arrays = check_weights("update", update)
     ratio = _check_ratio(ratio)
-    rng = _rng(rng)
+    rng = check_rng(rng)
     out = []
     for a in arrays:
         flat = a.reshape(-1)
@@ -98,7 +99,7 @@ def quantize(weights: Weights, bits: int, stochastic: bool = False, rng: Any = N
     """
     arrays = check_weights("weights", weights)
     bits = check_int("bits", bits, minimum=1, maximum=32)
-    rng = _rng(rng) if stochastic else None
+    rng = check_rng(rng) if stochastic else None
     levels = 2 ** bits - 1
     code_dtype = np.uint8 if bits <= 8 else np.uint16 if bits <= 16 else np.uint32
     codes, mins, steps = [], [], []
@@ -112,7 +113,7 @@ def quantize(weights: Weights, bits: int, stochastic: bool = False, rng: Any = N
         mins.append(low)
         steps.append(step)
     return Quantized(codes, np.array(mins), np.array(steps), bits,
-                     [a.shape for a in arrays], [_float_dtype(a) for a in arrays])
+                     [a.shape for a in arrays], [float_dtype(a) for a in arrays])
 
 
 def dequantize(q: Quantized) -> Weights:
@@ -154,7 +155,7 @@ class ErrorFeedback:
             check_weights("update", arrays, like=residual)
             corrected = [c + r for c, r in zip(corrected, residual)]
         sent = check_weights("compress_fn(update)", compress_fn(corrected), like=corrected)
-        sent = [s.astype(_float_dtype(a)) for s, a in zip(sent, arrays)]
+        sent = [s.astype(float_dtype(a)) for s, a in zip(sent, arrays)]
         self.residuals[client_id] = [c - s for c, s in zip(corrected, sent)]
         return sent
 
@@ -266,7 +267,7 @@ class CompressionAggregator:
         if client_ids is None or len(client_ids) != len(updates):
             raise ValueError(f"client_ids must hold one id per update ({len(updates)}), "
                              f"got {client_ids!r}")
-        rng = _rng(rng)
+        rng = check_rng(rng)
         sent = []
         for cid, update in zip(client_ids, updates):
             fn = lambda u: self.compress(u, rng)  # noqa: E731
@@ -300,13 +301,4 @@ def _scatter(flat: np.ndarray, keep: np.ndarray, shape: tuple) -> np.ndarray:
     return out.reshape(shape)
 
 
-def _rng(rng: Any) -> np.random.Generator:
-    if isinstance(rng, np.random.Generator):
-        return rng
-    if rng is None:
-        return np.random.default_rng()
-    return np.random.default_rng(check_int("rng", rng, minimum=0))
 
-
-def _float_dtype(a: np.ndarray) -> np.dtype:
-    return a.dtype if np.issubdtype(a.dtype, np.floating) else np.dtype(np.float64)

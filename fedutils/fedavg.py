@@ -273,8 +273,9 @@ def run_fedavg(model_fn: Callable[[], tf.keras.Model], client_datasets: Sequence
             delta = aggregator(updates, counts[kept], [int(chosen[i]) for i in kept], rng)
             global_weights = [(g + server_lr * d).astype(g.dtype)
                               for g, d in zip(global_weights, delta)]
-            record["upload_bytes"] = getattr(aggregator, "last_upload_bytes", None) or \
-                len(kept) * sum(int(g.nbytes) for g in global_weights)
+            reported = getattr(aggregator, "last_upload_bytes", None)
+            record["upload_bytes"] = (int(reported) if reported is not None else
+                                      len(kept) * sum(int(g.nbytes) for g in global_weights))
         else:
             record["upload_bytes"] = 0
         if eval_data is not None and (r % eval_every == 0 or r == rounds):

@@ -21,7 +21,8 @@ from typing import Any, Iterable, Optional, Union
 
 import numpy as np
 
-from fedutils._validate import check_float, check_int, check_weight_list, check_weights
+from fedutils._validate import (check_float, check_int, check_rng, check_weight_list,
+                                check_weights, float_dtype)
 
 Weights = list  # a list of NumPy arrays, as model.get_weights() returns
 RngLike = Union[None, int, np.random.Generator]
@@ -49,7 +50,7 @@ def clip_update(update: Weights, clip_norm: float) -> Weights:
     clip_norm = check_float("clip_norm", clip_norm, low=0.0, low_inclusive=False)
     norm = update_norm(arrays)
     scale = clip_norm / norm if norm > clip_norm else 1.0
-    return [(_as_float(a) * scale).astype(_float_dtype(a)) for a in arrays]
+    return [(_as_float(a) * scale).astype(float_dtype(a)) for a in arrays]
 
 
 def add_gaussian_noise(weights: Weights, stddev: float, rng: RngLike = None) -> Weights:
@@ -61,8 +62,8 @@ def add_gaussian_noise(weights: Weights, stddev: float, rng: RngLike = None) -> 
     """
     arrays = check_weights("weights", weights)
     stddev = check_float("stddev", stddev, low=0.0)
-    rng = _rng(rng)
-    return [(_as_float(a) + rng.normal(0.0, stddev, size=a.shape)).astype(_float_dtype(a))
+    rng = check_rng(rng)
+    return [(_as_float(a) + rng.normal(0.0, stddev, size=a.shape)).astype(float_dtype(a))
             for a in arrays]
 
 
@@ -109,11 +110,11 @@ class DPFedAvgAggregator:
         norms = np.array([update_norm(u) for u in updates])
         clipped = [clip_update(u, self.clip_norm) for u in updates]
         total = [np.sum([_as_float(t) for t in layer], axis=0) for layer in zip(*clipped)]
-        noisy = add_gaussian_noise(total, self.noise_multiplier * self.clip_norm, _rng(rng))
+        noisy = add_gaussian_noise(total, self.noise_multiplier * self.clip_norm, check_rng(rng))
         self.last_upload_bytes = int(sum(a.nbytes for u in updates for a in u))
         self.last_clipped_fraction = float(np.mean(norms > self.clip_norm))
         self.last_noise_stddev = self.noise_multiplier * self.clip_norm / m
-        return [(t / m).astype(_float_dtype(u)) for t, u in zip(noisy, updates[0])]
+        return [(t / m).astype(float_dtype(u)) for t, u in zip(noisy, updates[0])]
 
     def __repr__(self) -> str:
         return (f"DPFedAvgAggregator(clip_norm={self.clip_norm:g}, noise_multiplier="
@@ -306,16 +307,6 @@ def secure_sum(updates: list[Weights], seed: int, dropped: Iterable[int] = (),
 
 # --- helpers --------------------------------------------------------------------------------
 
-def _rng(rng: RngLike) -> np.random.Generator:
-    if isinstance(rng, np.random.Generator):
-        return rng
-    if rng is None:
-        return np.random.default_rng()
-    return np.random.default_rng(check_int("rng", rng, minimum=0))
-
-
-def _float_dtype(a: np.ndarray) -> np.dtype:
-    return a.dtype if np.issubdtype(a.dtype, np.floating) else np.dtype(np.float64)
 
 
 def _as_float(a: np.ndarray) -> np.ndarray:

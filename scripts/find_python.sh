@@ -2,6 +2,19 @@
 # Prints the path of a Python 3.9, 3.10 or 3.11 interpreter, or explains why none will do.
 # TensorFlow Federated 0.87 (the newest release) supports exactly these versions:
 # it requires Python >=3.9,<3.12 and TensorFlow 2.14.
+# With --modern (the Keras 3 environment without TFF): Python 3.12 like Colab, else 3.10-3.11.
+if [ "${1:-}" = "--modern" ]; then
+    pyenv_312=$(ls -d "$(pyenv root 2>/dev/null || echo /nonexistent)"/versions/3.12*/bin/python3.12 2>/dev/null | tail -n 1)
+    for candidate in python3.12 $pyenv_312 python3.11 python3.10; do
+        path=$(command -v "$candidate" 2>/dev/null) || continue
+        if "$path" -c 'import sys, venv; sys.exit(not ((3, 10) <= sys.version_info[:2] <= (3, 12)))' 2>/dev/null; then
+            echo "$path"
+            exit 0
+        fi
+    done
+    echo "No Python 3.10-3.12 found for the Keras 3 environment; install Python 3.12." >&2
+    exit 1
+fi
 for candidate in "${PYTHON:-}" python3.11 python3.10 python3.9 python3 python; do
     [ -n "$candidate" ] || continue
     path=$(command -v "$candidate" 2>/dev/null) || continue

@@ -90,8 +90,8 @@ def test_softmax_model_matches_numpy():
 def test_weights_none_uses_the_model_as_it_is():
     model = _sigmoid_model()
     model.set_weights([np.array([[1.0]], np.float32), np.array([0.0], np.float32)])
-    before = federated_evaluate(model, _datasets(XS, YS))
-    assert before.weighted["accuracy"] == pytest.approx(4 / 8)
+    result = federated_evaluate(model, _datasets(XS, YS))
+    assert result.weighted["accuracy"] == pytest.approx(4 / 8)
     assert np.array_equal(model.get_weights()[0], [[1.0]])  # evaluation does not train
 
 

@@ -191,6 +191,7 @@ def test_run_tff_fedavg_matches_run_fedavg(digits, fedavg_process, initial_weigh
 
 
 @needs_tff
+@pytest.mark.filterwarnings("ignore:Batch Normalization contains non-trainable variables")
 def test_weights_round_trip_keeps_non_trainable_weights_apart():
     import tensorflow as tf
 
