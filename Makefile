@@ -13,7 +13,7 @@ MODERN_STAMP := $(MODERN_VENV)/.course-installed
 export TF_CPP_MIN_LOG_LEVEL := 3
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 
-.PHONY: help setup lab test notebooks timings bench check clean-workers clean setup-modern test-modern
+.PHONY: help setup lab test notebooks timings bench check clean-workers clean setup-modern test-modern student site guide
 
 help:
 	@echo "make lab        set up (first time only) and open the course in JupyterLab"
@@ -23,6 +23,9 @@ help:
 	@echo "               (and record each lesson's time and memory in lessons/TIMINGS.md)"
 	@echo "make timings    time every lesson without saving outputs"
 	@echo "make bench      FedAvg speed: fedutils vs TFF vs the centralized limit"
+	@echo "make student    student copies (no solutions, no outputs) in build/student/"
+	@echo "make site       the course as static HTML pages in build/site/ (open index.html)"
+	@echo "make guide      regenerate the instructor guide from the measured timings"
 	@echo "make check      print the environment check (python -m fedutils.check)"
 
 setup: $(STAMP)
@@ -85,6 +88,16 @@ timings: setup
 
 bench: setup
 	$(PY) benchmarks/bench_fedavg.py $(BENCH_ARGS)
+
+student: setup
+	$(PY) scripts/student_copies.py --out build/student
+
+site: setup
+	$(PY) scripts/build_site.py --out build/site
+	@echo "Open build/site/index.html in a browser (works offline)."
+
+guide: setup
+	$(PY) scripts/instructor_guide.py
 
 check: setup
 	$(PY) -m fedutils.check
