@@ -1,0 +1,88 @@
+"""Lesson 02 builds client datasets by hand and counts bytes; these tests run the lesson's own
+cells (found by what they define) and hold them to fedutils."""
+from pathlib import Path
+
+import nbformat
+import numpy as np
+import pytest
+
+NOTEBOOK = Path(__file__).resolve().parent.parent / "lessons" / "02_core_principles.ipynb"
+
+
+def lesson_cell(marker: str) -> str:
+    """Source of the first code cell of the lesson that contains `marker`."""
+    cells = nbformat.read(NOTEBOOK, as_version=4).cells
+    found = [c.source for c in cells if c.cell_type == "code" and marker in c.source]
+    assert found, f"no code cell of {NOTEBOOK.name} contains {marker!r}"
+    return found[0]
+
+
+def run_cells(*markers: str, **names) -> dict:
+    """Run the lesson's setup cell, then the cells holding `markers`, with `names` defined."""
+    namespace: dict = {}
+    exec(compile(lesson_cell("fedutils.set_seed(0)"), "setup", "exec"), namespace)
+    namespace.update(names)
+    for marker in markers:
+        exec(compile(lesson_cell(marker), f"{NOTEBOOK.name}: {marker}", "exec"), namespace)
+    return namespace
+
+
+def test_slide_dataset_is_one_element_that_cannot_be_indexed_by_x():
+    ns = run_cells("def create_tf_dataset_for_client(")
+    tf = ns["tf"]
+    for client_data in (ns["client_data_1"], ns["client_data_2"]):
+        assert int(tf.data.Dataset.from_tensor_slices(client_data).cardinality()) == 1
+        batch = next(iter(ns["create_tf_dataset_for_client"](client_data)))
+        assert isinstance(batch, tuple) and len(batch) == 2
+        assert batch[0]["x"].dtype == tf.int32
+        with pytest.raises(TypeError, match="tuple indices must be integers"):
+            batch["x"]
+
+
+@pytest.mark.parametrize("split, batch_size", [("iid", 7), ("shard", 16), ("dirichlet", 5)])
+def test_datasets_by_hand_agree_with_make_client_datasets(digits_split, split, batch_size):
+    from fedutils import data, partition
+
+    x, _, y, _ = digits_split
+    x, y = x[:300], y[:300]
+    parts = {"iid": lambda: partition.iid_partition(y, 4, seed=1),
+             "shard": lambda: partition.shard_partition(y, 5, seed=2),
+             "dirichlet": lambda: partition.dirichlet_partition(y, 3, alpha=0.3, seed=3)}[split]()
+    ns = run_cells("def make_datasets_by_hand(", x=x, y=y, parts=parts, BATCH_SIZE=batch_size)
+    by_hand = ns["make_datasets_by_hand"](x, y, parts, batch_size, seed=4)
+    ns = run_cells("def same_datasets(", x=x, y=y, parts=parts, BATCH_SIZE=batch_size,
+                   by_hand=by_hand)
+    packaged = data.make_client_datasets(x, y, parts, batch_size=batch_size, seed=4)
+    assert ns["same_datasets"](by_hand, packaged)
+    for ds_a, ds_b in zip(by_hand, packaged):  # independently of the lesson's comparison
+        for p, q in zip(ds_a, ds_b):
+            np.testing.assert_array_equal(p["x"], q["x"])
+            np.testing.assert_array_equal(p["y"], q["y"])
+    other_seed = data.make_client_datasets(x, y, parts, batch_size=batch_size, seed=5)
+    assert not ns["same_datasets"](by_hand, other_seed), "the comparison must be able to fail"
+
+
+def test_bytes_sent_and_kept(digits_split):
+    from fedutils import data, models, partition
+
+    x, y = data.load_iris_binary()
+    parts = partition.iid_partition(y, 3, seed=0)
+    packaged = data.make_client_datasets(x, y, parts, batch_size=20, seed=0)
+    ns = run_cells("def weight_bytes(", x=x, y=y, parts=parts, packaged=packaged)
+    digits_model = models.create_digits_model()
+    assert ns["weight_bytes"](digits_model.get_weights()) == 4 * digits_model.count_params()
+    assert ns["kept"] == len(parts[0]) * (4 * 4 + 4)
+    assert ns["result"].num_examples == len(parts[0])
+
+
+def test_rounds_to_exceed_solution_matches_a_count():
+    from fedutils import data, models
+
+    x_digits, y_digits = data.load_digits()
+    model_bytes = 4 * models.create_digits_model().count_params()
+    ns = run_cells("rounds_to_exceed =", y_digits=y_digits, model_bytes=model_bytes,
+                   bytes_per_example=x_digits[0].nbytes + y_digits[0].nbytes)
+    kept, rounds = (len(y_digits) // 5) * (64 * 4 + 4), 0
+    while rounds * model_bytes <= kept:
+        rounds += 1
+    assert ns["rounds_to_exceed"] == rounds

@@ -1,0 +1,116 @@
+"""Lesson 05 (server aggregation): the code the lesson writes in the open does what it says.
+
+The lesson's cells are read from the notebook and executed here: its two means must equal
+`fedutils.fedavg.server_aggregate`, its unweighted aggregator must make `run_fedavg` take the
+plain mean, relabelling hidden units must leave the network's function unchanged, and a
+one-step weighted round must equal a gradient step on the pooled data.
+"""
+from pathlib import Path
+
+import nbformat
+import numpy as np
+import pytest
+import tensorflow as tf
+
+import fedutils
+from fedutils import data, fedavg, models
+
+NOTEBOOK = Path(__file__).resolve().parent.parent / "lessons" / "05_server_aggregation.ipynb"
+
+
+def cell(marker: str) -> str:
+    """The source of the one code cell of the lesson that contains `marker`."""
+    nb = nbformat.read(NOTEBOOK, as_version=4)
+    found = [c.source for c in nb.cells if c.cell_type == "code" and marker in c.source]
+    assert len(found) == 1, f"expected one cell with {marker!r}, found {len(found)}"
+    return found[0]
+
+
+@pytest.fixture(scope="module")
+def lesson():
+    ns = {"np": np, "tf": tf, "fedavg": fedavg}
+    for marker in ("def slide_server_aggregate(", "def unweighted_mean("):
+        exec(cell(marker), ns)
+    # The permutation and pooled-step cells also run an experiment: take only their functions.
+    for marker in ("def permute_hidden_units(", "def pooled_gradient_step("):
+        source = cell(marker)
+        exec(source[:source.index("\n\n\n")], ns)
+    return ns
+
+
+@pytest.fixture(scope="module")
+def clients():
+    """Three clients' weights of unequal sizes, as after one round of local training."""
+    rng = np.random.default_rng(0)
+    shapes = [(64, 64), (64,), (64, 10), (10,)]
+    return ([[rng.normal(size=s).astype(np.float32) for s in shapes] for _ in range(3)],
+            [5, 300, 40])
+
+
+def max_diff(a, b):
+    return max(float(np.max(np.abs(np.asarray(u) - np.asarray(v)))) for u, v in zip(a, b))
+
+
+def test_both_means_equal_server_aggregate(lesson, clients):
+    weights, counts = clients
+    assert max_diff(lesson["slide_server_aggregate"](weights),
+                    fedavg.server_aggregate(weights)) < 1e-6
+    assert max_diff(lesson["weighted_server_aggregate"](weights, counts),
+                    fedavg.server_aggregate(weights, counts)) < 1e-6
+    # The sizes differ a lot, so the two means must differ too.
+    assert max_diff(fedavg.server_aggregate(weights), fedavg.server_aggregate(weights, counts)) > 0.1
+
+
+def test_unweighted_aggregator_is_the_plain_mean(lesson, clients):
+    weights, counts = clients
+    mean = lesson["unweighted_mean"](weights, np.array(counts), [0, 1, 2], None)
+    assert max_diff(mean, fedavg.server_aggregate(weights)) < 1e-6
+
+
+def test_unweighted_aggregator_in_run_fedavg(lesson):
+    x, y = data.load_digits()
+    parts = [np.arange(5), np.arange(5, 200)]
+    datasets = data.make_client_datasets(x, y, parts, batch_size=20, seed=0)
+    fedutils.set_seed(0)
+    initial = models.create_digits_model().get_weights()
+    run = fedavg.run_fedavg(models.create_digits_model, datasets, rounds=1,
+                            aggregator=lesson["unweighted_mean"], initial_weights=initial,
+                            progress=False)
+    model, local = models.create_digits_model(), []
+    for ds in datasets:
+        model.set_weights(initial)
+        local.append(fedavg.client_update(model, ds, epochs=1, learning_rate=0.1).weights)
+    assert max_diff(run.final_weights, fedavg.server_aggregate(local)) < 1e-5
+    assert max_diff(run.final_weights, fedavg.server_aggregate(local, [5, 195])) > 1e-3
+
+
+def test_permuting_hidden_units_keeps_the_function(lesson):
+    fedutils.set_seed(1)
+    model = models.create_digits_model()
+    weights = model.get_weights()
+    weights[1] = np.random.default_rng(1).normal(size=64).astype(np.float32)  # distinct biases
+    order = np.random.default_rng(2).permutation(64)
+    shuffled = lesson["permute_hidden_units"](weights, order)
+    x = data.load_digits()[0][:50]
+    model.set_weights(weights)
+    before = model(x).numpy()
+    model.set_weights(shuffled)
+    np.testing.assert_allclose(model(x).numpy(), before, atol=1e-6)
+    assert max_diff(shuffled, weights) > 0.1
+    assert max_diff(lesson["permute_hidden_units"](shuffled, np.argsort(order)), weights) == 0
+
+
+def test_one_step_weighted_round_is_a_pooled_gradient_step(lesson):
+    x, y = data.load_digits()
+    parts = [np.arange(7), np.arange(7, 90), np.arange(90, 130)]
+    datasets = data.make_client_datasets(x, y, parts, batch_size=100, seed=0)  # one batch each
+    fedutils.set_seed(0)
+    model = models.create_digits_model()
+    initial = model.get_weights()
+    one_step = []
+    for ds in datasets:
+        model.set_weights(initial)
+        one_step.append(fedavg.client_update(model, ds, epochs=1, learning_rate=0.1).weights)
+    pooled = lesson["pooled_gradient_step"](model, initial, x[:130], y[:130], 0.1)
+    assert max_diff(fedavg.server_aggregate(one_step, [7, 83, 40]), pooled) < 1e-5
+    assert max_diff(fedavg.server_aggregate(one_step), pooled) > 1e-3

@@ -1,0 +1,136 @@
+"""Lesson 07 (communication): what the lesson builds in the open agrees with fedutils.compression.
+
+The functions are taken from the notebook's own cells (found by their `def`/`class` line and
+executed), so a change in the lesson that breaks agreement fails here. The last test checks the
+lesson's description of TFF's compression_aggregator() against the installed TFF source.
+"""
+from __future__ import annotations
+
+import inspect
+import math
+from pathlib import Path
+
+import nbformat
+import numpy as np
+import pytest
+
+from fedutils import compression
+
+LESSON = Path(__file__).resolve().parent.parent / "lessons" / "07_communication.ipynb"
+DIGITS_SHAPES = [(64, 64), (64,), (64, 10), (10,)]
+
+
+def lesson_namespace(*names: str) -> dict:
+    """Execute the lesson cells that define `names` (pure definition cells) and return them."""
+    cells = [c.source for c in nbformat.read(LESSON, as_version=4).cells if c.cell_type == "code"]
+    namespace = {"np": np, "math": math, "compression": compression}
+    for name in names:
+        found = [src for src in cells if f"def {name}(" in src or f"class {name}:" in src]
+        assert len(found) == 1, f"expected one cell defining {name}, found {len(found)}"
+        exec(compile(found[0], f"<lesson 07: {name}>", "exec"), namespace)
+    return namespace
+
+
+def random_update(rng, shapes=DIGITS_SHAPES):
+    return [rng.normal(size=s).astype(np.float32) for s in shapes]
+
+
+def test_slide_top_k_sends_small_tensors_whole_and_fedutils_does_not():
+    compress_weights = lesson_namespace("compress_weights")["compress_weights"]
+    update = random_update(np.random.default_rng(0))
+    slide = compress_weights(update, 0.01)
+    fixed = compression.top_k_sparsify(update, 0.01)
+    for u, s, f in zip(update, slide, fixed):
+        if u.size < 100:  # int(size * 0.01) == 0: everything kept
+            np.testing.assert_array_equal(s, u)
+        else:
+            assert np.count_nonzero(s) == int(u.size * 0.01)
+        assert np.count_nonzero(f) == max(1, math.ceil(u.size * 0.01))
+
+
+@pytest.mark.parametrize("ratio", [0.5, 0.1, 0.07, 0.05, 0.01, 0.001, 1.0])
+def test_top_k_by_hand_equals_fedutils(ratio):
+    top_k_by_hand = lesson_namespace("top_k_by_hand")["top_k_by_hand"]
+    rng = np.random.default_rng(1)
+    shapes = DIGITS_SHAPES + [(100,), (3,), (7, 3, 5)]
+    update = random_update(rng, shapes)
+    update.append(rng.integers(-3, 4, size=50).astype(np.float32))  # ties in magnitude
+    for mine, packaged in zip(top_k_by_hand(update, ratio),
+                              compression.top_k_sparsify(update, ratio)):
+        np.testing.assert_array_equal(mine, packaged)
+
+
+@pytest.mark.parametrize("bits", [1, 2, 4, 8, 16])
+@pytest.mark.parametrize("stochastic", [False, True])
+def test_quantize_by_hand_equals_fedutils(bits, stochastic):
+    ns = lesson_namespace("quantize_by_hand", "dequantize_by_hand")
+    update = random_update(np.random.default_rng(2)) + [np.full((4,), 0.5, np.float32)]
+    rng = np.random.default_rng(3)
+    mine = [ns["quantize_by_hand"](u, bits, stochastic, rng) for u in update]
+    q = compression.quantize(update, bits, stochastic=stochastic, rng=3)
+    for (codes, low, step), c, u, r in zip(mine, q.codes, update, compression.dequantize(q)):
+        np.testing.assert_array_equal(codes, c)
+        rebuilt = ns["dequantize_by_hand"](codes, low, step)
+        np.testing.assert_allclose(rebuilt, r, rtol=1e-6, atol=1e-9)
+        error = np.abs(rebuilt - u.astype(np.float64)).max()
+        assert error <= (step if stochastic else step / 2) + 1e-9
+
+
+def test_exercise_error_feedback_equals_fedutils_and_loses_nothing():
+    MyErrorFeedback = lesson_namespace("MyErrorFeedback")["MyErrorFeedback"]
+    rng = np.random.default_rng(4)
+    compressors = [lambda u: compression.top_k_sparsify(u, 0.01),
+                   lambda u: compression.dequantize(compression.quantize(u, 2))]
+    for compress_fn in compressors:
+        mine, theirs = MyErrorFeedback(), compression.ErrorFeedback()
+        totals = {c: [np.zeros(s) for s in DIGITS_SHAPES] for c in (0, 1, 2)}
+        sent_sum = {c: [np.zeros(s) for s in DIGITS_SHAPES] for c in (0, 1, 2)}
+        for _ in range(4):
+            for client in (0, 1, 2):
+                u = random_update(rng)
+                a = mine.compress(client, u, compress_fn)
+                b = theirs.compress(client, u, compress_fn)
+                for x, y in zip(a, b):
+                    np.testing.assert_allclose(x, y, rtol=1e-6, atol=1e-6)
+                totals[client] = [t + v for t, v in zip(totals[client], u)]
+                sent_sum[client] = [t + v for t, v in zip(sent_sum[client], a)]
+        for client in (0, 1, 2):  # sent + residual == sum of the updates
+            for s, r, t in zip(sent_sum[client], mine.residuals[client], totals[client]):
+                np.testing.assert_allclose(s + r, t, atol=1e-9)
+
+
+def test_kept_share_and_top_k_beats_random_k():
+    kept_share = lesson_namespace("kept_share")["kept_share"]
+    full = [np.array([3.0, 4.0]), np.array([0.0])]
+    assert kept_share([np.array([0.0, 4.0]), np.array([0.0])], full) == pytest.approx(16 / 25)
+    update = [u * np.exp(np.random.default_rng(5).normal(size=u.shape)).astype(np.float32)
+              for u in random_update(np.random.default_rng(6))]  # heavy-tailed, like updates
+    top = kept_share(compression.top_k_sparsify(update, 0.05), update)
+    rand = kept_share(compression.random_k_sparsify(update, 0.05, rng=0), update)
+    assert top > 2 * rand
+
+
+def test_tff_compression_aggregator_is_as_the_lesson_describes():
+    pytest.importorskip("tensorflow_federated")
+    import tensorflow as tf
+    import tensorflow_federated as tff
+    from tensorflow_model_optimization.python.core.internal.tensor_encoding.stages import (
+        stages_impl)
+
+    source = inspect.getsource(tff.learning.compression_aggregator)
+    assert "quantize_above_threshold(" in source
+    assert "quantization_bits=8, threshold=20000" in source
+    stage_cls = stages_impl.UniformQuantizationEncodingStage
+    undecorated = next(c for c in stage_cls.__mro__ if "stochastic" in
+                       inspect.signature(c.__init__).parameters)
+    assert inspect.signature(undecorated.__init__).parameters["stochastic"].default is True
+    with pytest.raises(TypeError, match="threshold"):
+        tff.learning.compression_aggregator(threshold=0)
+    # TFF's deterministic 8-bit codes are fedutils' nearest-level codes.
+    x = np.random.default_rng(7).normal(size=1000).astype(np.float32)
+    stage = stage_cls(bits=8, stochastic=False)
+    params, _ = stage.get_params()
+    codes = stage.encode(tf.constant(x), params)[stage.ENCODED_VALUES_KEY].numpy()
+    ours = compression.quantize([x], 8).codes[0]
+    assert np.abs(codes - ours).max() <= 1  # float32 vs float64 scaling at a rounding boundary
+    assert np.mean(codes == ours) > 0.99
