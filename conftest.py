@@ -1,0 +1,21 @@
+"""Session-wide test harness, for `pytest` over tests/ and over the lesson notebooks alike.
+
+Quiet TensorFlow, tag every process this session starts (notebook kernels and the TFF
+worker_binary helpers they spawn inherit FEDUTILS_RUN_ID), and stop exactly those helpers when
+the session ends: nbval may kill a kernel outright, and its helper would otherwise live on.
+"""
+from __future__ import annotations
+
+import os
+import time
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+os.environ.setdefault("FEDUTILS_RUN_ID", f"pytest-{os.getpid()}-{time.time():.0f}")
+
+
+def pytest_sessionfinish(session, exitstatus):
+    from fedutils.workers import stop_workers
+
+    stopped = stop_workers(run_id=os.environ["FEDUTILS_RUN_ID"])
+    if stopped:
+        print(f"\nconftest: stopped {stopped} TFF worker_binary helper(s) started by this run")
