@@ -11,6 +11,7 @@ MODERN_VENV  ?= .venv-modern
 MODERN_PY    := $(MODERN_VENV)/bin/python
 MODERN_STAMP := $(MODERN_VENV)/.course-installed
 export TF_CPP_MIN_LOG_LEVEL := 3
+export TF_ENABLE_ONEDNN_OPTS := 0
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 
 .PHONY: help setup lab test notebooks timings bench check clean-workers clean setup-modern test-modern student site guide

@@ -22,6 +22,9 @@ import random
 # Keep TensorFlow's C++ start-up log lines out of notebook outputs. This only works if it is set
 # before TensorFlow is first imported, which is why lessons import fedutils first.
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+# oneDNN's fused CPU kernels can round differently on different processors; without them the
+# lessons print the same numbers on every x86-64 machine (and TensorFlow prints one line less).
+os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "0")
 
 __version__ = "1.0.0"
 

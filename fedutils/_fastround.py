@@ -104,5 +104,5 @@ class FastRound:
                     [tf.reduce_sum(tf.square(v - a)) for v, a in zip(variables, anchor)])
         grads = tape.gradient(objective, variables)
         for v, g in zip(variables, grads):
-            v.assign_sub(self.lr * g)
+            v.assign_sub(self.lr * tf.convert_to_tensor(g))  # dense even for an Embedding
         return tf.cast(loss, tf.float32)

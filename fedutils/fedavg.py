@@ -8,6 +8,7 @@ graph and gives the same numbers (tests/test_fedavg.py compares the two).
 from __future__ import annotations
 
 import time
+import weakref
 from dataclasses import dataclass, field
 from numbers import Real
 from typing import Any, Callable, Optional, Protocol, Sequence, Union
@@ -70,7 +71,8 @@ def client_update(model: tf.keras.Model, dataset: Any, epochs: int = 1,
                          for v, a in zip(model.trainable_variables, anchor)])
             grads = tape.gradient(objective, model.trainable_variables)
             for variable, grad in zip(model.trainable_variables, grads):
-                variable.assign_sub(learning_rate * grad)
+                # An Embedding layer's gradient is sparse (IndexedSlices): make it dense.
+                variable.assign_sub(learning_rate * tf.convert_to_tensor(grad))
             batch_size = int(tf.shape(batch["y"])[0])
             total_loss += float(loss) * batch_size
             seen += batch_size
@@ -168,8 +170,17 @@ def evaluate_weights(model: tf.keras.Model, weights: Weights, x: np.ndarray, y: 
     return loss, float(np.mean(predicted == np.asarray(y).reshape(-1)))
 
 
+_compiled_predict: "weakref.WeakKeyDictionary[tf.keras.Model, Any]" = weakref.WeakKeyDictionary()
+
+
 def _predict(model: tf.keras.Model, x: np.ndarray, chunk: int = 4096) -> np.ndarray:
-    return np.concatenate([model(x[i:i + chunk], training=False).numpy()
+    """The model's outputs on x, in chunks, through one compiled function per model (calling
+    an LSTM eagerly chunk after chunk grows memory by tens of MB per pass)."""
+    predict = _compiled_predict.get(model)
+    if predict is None:
+        predict = tf.function(lambda t: model(t, training=False), reduce_retracing=True)
+        _compiled_predict[model] = predict
+    return np.concatenate([predict(tf.constant(x[i:i + chunk])).numpy()
                            for i in range(0, len(x), chunk)])
 
 

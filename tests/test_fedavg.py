@@ -180,3 +180,18 @@ def test_sample_clients_handles_availability():
     assert abs(empty_rounds / 20000 - 0.09) < 0.01  # 0.3 ** 2
     chosen = fedavg.sample_clients(100, 0.1, 1.0, np.random.default_rng(1))
     assert len(chosen) == 10 and len(set(chosen)) == 10
+
+
+def test_models_with_an_embedding_train_on_both_paths():
+    """An Embedding's gradient is sparse (IndexedSlices); both paths must handle it."""
+    rng = np.random.default_rng(0)
+    x = rng.integers(0, 30, size=(40, 5)).astype(np.int32)
+    y = rng.integers(0, 30, size=40).astype(np.int32)
+    datasets = data.make_client_datasets(x, y, [np.arange(20), np.arange(20, 40)], batch_size=8)
+    runs = []
+    for fast in (True, False):
+        fedutils.set_seed(0)
+        runs.append(fedavg.run_fedavg(lambda: models.create_keyboard_model(30, 5, 4, 4), datasets,
+                                      rounds=2, eval_data=(x, y), progress=False, fast=fast))
+    for a, b in zip(runs[0].final_weights, runs[1].final_weights):
+        np.testing.assert_allclose(a, b, atol=1e-5)

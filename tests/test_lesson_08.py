@@ -47,16 +47,21 @@ def test_my_dirichlet_partition_is_fedutils_split(lesson, digits_split, num_clie
 
 
 def test_my_dirichlet_partition_redraws_like_fedutils_when_a_client_is_empty(lesson):
-    labels = np.repeat(np.arange(3), 10)
-    # With alpha this small, 15 clients and 30 examples, the first draws leave clients empty.
-    first = np.random.default_rng(7)
-    shares = [first.dirichlet(np.full(15, 0.05)) for _ in range(3)]
-    assert min(np.sum(shares, axis=0)) < 1 / 30, "the case must need a redraw"
-    ours = lesson["my_dirichlet_partition"](labels, 15, 0.05, seed=7)
-    theirs = partition.dirichlet_partition(labels, 15, 0.05, seed=7)
-    for a, b in zip(ours, theirs):
-        np.testing.assert_array_equal(a, b)
-    assert min(len(p) for p in ours) >= 1
+    labels = np.repeat(np.arange(3), 20)
+    for seed in (0, 2, 4):
+        # The first draw leaves a client empty (fedutils with one try gives up), so both redraw.
+        with pytest.raises(ValueError):
+            partition.dirichlet_partition(labels, 10, 0.3, seed=seed, max_tries=1)
+        ours = lesson["my_dirichlet_partition"](labels, 10, 0.3, seed=seed)
+        theirs = partition.dirichlet_partition(labels, 10, 0.3, seed=seed)
+        for a, b in zip(ours, theirs):
+            np.testing.assert_array_equal(a, b)
+        assert min(len(p) for p in ours) >= 1
+
+
+def test_my_dirichlet_partition_gives_up_instead_of_looping(lesson):
+    with pytest.raises(ValueError, match="empty"):
+        lesson["my_dirichlet_partition"](np.zeros(5, dtype=int), 5, 0.01, seed=0, max_tries=20)
 
 
 def test_invariant_check_catches_overlap_and_gaps(lesson):
