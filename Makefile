@@ -41,6 +41,8 @@ $(STAMP): requirements.txt requirements-tff.txt pyproject.toml
 	fi
 	$(PY) -m pip install --quiet --upgrade "pip>=23.2" "setuptools>=64" wheel
 	@echo "Installing the course environment (first time: about 2 minutes, 2.9 GB)..."
+	@echo "(If pip prints a dependency-resolver ERROR naming tensorflow-federated's jax, jaxlib or"
+	@echo " typing-extensions pins, that is expected: the course overrides them, see README.md.)"
 	$(PY) -m pip install --quiet -r requirements.txt
 	@echo "Installing TensorFlow Federated without its stale pins (see requirements.txt)..."
 	$(PY) -m pip install --quiet --no-deps -r requirements-tff.txt

@@ -48,7 +48,7 @@ class PeakMemory(threading.Thread):
                 continue
 
 
-def run(path: Path, save: bool, timeout: int) -> dict:
+def run(path: Path, save: bool, timeout: int, verbose: bool = False) -> dict:
     nb = nbformat.read(path, as_version=4)
     client = NotebookClient(nb, timeout=timeout, kernel_name=KERNEL,
                             resources={"metadata": {"path": str(path.parent)}})
@@ -57,7 +57,11 @@ def run(path: Path, save: bool, timeout: int) -> dict:
     with client.setup_kernel():
         monitor.start()
         for index, cell in enumerate(nb.cells):
+            began = time.perf_counter()
             client.execute_cell(cell, index)
+            if verbose:
+                print(f"  [{index}] {time.perf_counter() - began:5.1f} s  {cell.source[:50]!r}",
+                      file=sys.stderr, flush=True)
     seconds = time.perf_counter() - started
     monitor.done.set()
     stop_workers(run_id=os.environ["FEDUTILS_RUN_ID"])
@@ -88,12 +92,13 @@ def main() -> int:
     parser.add_argument("--timings", action="store_true", help="write lessons/TIMINGS.md")
     parser.add_argument("--no-save", action="store_true", help="do not write outputs back")
     parser.add_argument("--timeout", type=int, default=600, help="seconds per cell")
+    parser.add_argument("--verbose", action="store_true", help="print each cell as it starts")
     args = parser.parse_args()
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
     os.environ.setdefault("FEDUTILS_RUN_ID", f"notebooks-{os.getpid()}-{time.time():.0f}")
     results = []
     for path in sorted(args.notebooks):
-        result = run(path, save=not args.no_save, timeout=args.timeout)
+        result = run(path, save=not args.no_save, timeout=args.timeout, verbose=args.verbose)
         print(f"{result['lesson']:<32} {result['seconds']:6.1f} s  "
               f"{result['peak_memory_mb']:5d} MB", flush=True)
         results.append(result)
