@@ -44,6 +44,9 @@ def render(path: Path, exporter: HTMLExporter) -> tuple[str, str]:
     body = REMOTE_MODULE.sub("", body)
     body = EMPTY_SCRIPT.sub("", body)
     body = re.sub(r'href="(\d\d_[a-z0-9_]+)\.ipynb"', r'href="\1.html"', body)
+    # The Colab badge is a remote image: keep the link, show it as text.
+    body = re.sub(r'<img[^>]*src="https://colab\.research\.google\.com/assets/colab-badge\.svg"[^>]*>',
+                  "Open in Colab", body)
     body = body.replace('href="../README.md#the-lessons"', 'href="index.html"')
     return title_of(nb), body
 
