@@ -85,6 +85,7 @@ test: setup
 notebooks: setup
 	$(PY) scripts/stamp_lessons.py
 	$(PY) scripts/run_notebooks.py --timings lessons/[0-9][0-9]_*.ipynb
+	$(PY) scripts/instructor_guide.py
 
 timings: setup
 	$(PY) scripts/run_notebooks.py --timings --no-save lessons/[0-9][0-9]_*.ipynb

@@ -75,3 +75,15 @@ def test_site_is_offline_and_linked(tmp_path):
     assert all(f'href="{p.stem}.html"' in index for p in LESSONS)
     first = (tmp_path / f"{LESSONS[0].stem}.html").read_text()
     assert "data:image/png;base64" in first, "plots are embedded"
+
+
+def test_instructor_guide_is_generated_from_the_current_timings(tmp_path):
+    log = tmp_path / "guide.log"
+    with open(log, "w") as out:
+        code = subprocess.run([sys.executable, str(ROOT / "scripts" / "instructor_guide.py"),
+                               "--check"], stdout=out, stderr=subprocess.STDOUT).returncode
+    assert code == 0, log.read_text()
+    guide = (ROOT / "docs" / "instructor_guide.md").read_text()
+    assert "## One-day schedule" in guide and "## Half-day schedule" in guide
+    for path in LESSONS:
+        assert nbformat.read(path, as_version=4).cells[1].source.splitlines()[0][2:] in guide
