@@ -70,7 +70,8 @@ $(MODERN_STAMP): requirements-modern.txt pyproject.toml
 
 test-modern: setup-modern
 	@export FEDUTILS_RUN_ID="make-test-modern-$$$$-$$(date +%s)"; \
-	$(MODERN_PY) -m pytest --nbval-kernel-name=$(KERNEL)-modern $(PYTEST_ARGS)
+	$(MODERN_PY) -m pytest --nbval-kernel-name=$(KERNEL)-modern \
+	    --nbval-sanitize-with tests/nbval_modern_sanitize.cfg $(PYTEST_ARGS)
 
 lab: setup
 	$(VENV)/bin/jupyter lab --ServerApp.root_dir="$(CURDIR)" \

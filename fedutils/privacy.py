@@ -16,6 +16,7 @@ updates and nothing about any single one.
 """
 from __future__ import annotations
 
+import logging
 import math
 from typing import Any, Iterable, Optional, Union
 
@@ -206,7 +207,15 @@ def compute_epsilon(noise_multiplier: float, sample_rate: float, steps: int, del
             sample_rate, dp_accounting.GaussianDpEvent(noise_multiplier)), steps)
     acc = (dp_accounting.rdp.RdpAccountant() if accountant == "rdp"
            else dp_accounting.pld.PLDAccountant())
-    return float(acc.compose(event).get_epsilon(delta))
+    # dp-accounting 0.6 logs (through absl) every Renyi order whose series does not converge
+    # and that it therefore leaves out; that is its normal operation, not a problem to report.
+    absl_logger = logging.getLogger("absl")
+    level = absl_logger.level
+    absl_logger.setLevel(logging.ERROR)
+    try:
+        return float(acc.compose(event).get_epsilon(delta))
+    finally:
+        absl_logger.setLevel(level)
 
 
 def dp_sgd_epsilon(num_examples: int, batch_size: int, epochs: int, noise_multiplier: float,

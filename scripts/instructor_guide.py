@@ -33,7 +33,8 @@ def clock(minutes: int) -> str:
 
 
 def slot_minutes(plan: dict, seconds: float) -> int:
-    return int(5 * math.ceil((plan["teach_minutes"] + seconds / 60) / 5))
+    """Teaching and exercises, plus the measured run of the notebook rounded up to a minute."""
+    return plan["teach_minutes"] + math.ceil(seconds / 60)
 
 
 def schedule(lessons: list[dict], timings: dict, titles: dict, start: int = DAY_START,
@@ -79,7 +80,7 @@ def build() -> str:
         "This guide is for running the course as a workshop. Timings are measured, not guessed:",
         f"one clean run of every lesson took {total_run / 60:.1f} minutes on {timings_data['machine']}",
         "(lessons/TIMINGS.md). Each slot below is the lesson's planned teaching and exercise time",
-        "plus one run of the notebook, rounded up to five minutes.",
+        "plus one run of the notebook, rounded up to the minute.",
         "",
         "## Before the day",
         "",

@@ -22,7 +22,9 @@ def run_nbval(path: Path, tmp_path: Path) -> int:
     with open(log, "w") as out:  # a file, not a pipe: see fedutils.workers
         return subprocess.run([sys.executable, "-m", "pytest", str(path), "-q",
                                "-p", "no:cacheprovider", "--rootdir", str(ROOT),
-                               "-c", str(ROOT / "pyproject.toml")],
+                               "-c", str(ROOT / "pyproject.toml"),
+                               # this interpreter's own kernel, in either environment
+                               "--nbval-kernel-name=python3"],
                               stdout=out, stderr=subprocess.STDOUT, timeout=300).returncode
 
 

@@ -10,6 +10,19 @@ from scipy.stats import norm
 from fedutils import data, fedavg, models, partition, privacy
 
 
+
+def _keras2_with_tensorflow_privacy() -> bool:
+    try:
+        import tensorflow_privacy  # noqa: F401
+    except ImportError:
+        return False
+    return privacy.keras_version().startswith("2.")
+
+
+needs_tensorflow_privacy = pytest.mark.skipif(
+    not _keras2_with_tensorflow_privacy(),
+    reason="tensorflow-privacy's DP optimizer needs Keras 2 and the package (course environment)")
+
 def random_update(rng, shapes=((20, 30), (30,), (30, 10), (10,)), dtype=np.float32):
     return [rng.normal(size=s).astype(dtype) for s in shapes]
 
@@ -166,6 +179,7 @@ def test_compute_epsilon_moves_the_right_way():
     assert eps(q=0.01) < eps(q=0.05) < eps(q=0.2)
 
 
+@needs_tensorflow_privacy
 @pytest.mark.parametrize("used_microbatching", [False, True])
 def test_dp_sgd_epsilon_matches_tensorflow_privacy_statement(used_microbatching):
     from tensorflow_privacy.privacy.analysis.compute_dp_sgd_privacy_lib import (
@@ -182,6 +196,7 @@ def test_dp_sgd_epsilon_matches_tensorflow_privacy_statement(used_microbatching)
 
 # --- tensorflow-privacy's optimizer ---------------------------------------------------------
 
+@needs_tensorflow_privacy
 def test_make_dp_optimizer_trains_a_model_compiled_with_per_example_loss():
     import tensorflow as tf
 
@@ -197,6 +212,7 @@ def test_make_dp_optimizer_trains_a_model_compiled_with_per_example_loss():
     assert 0 < step <= lr * clip * (1 + 1e-5)
 
 
+@needs_tensorflow_privacy
 def test_make_dp_optimizer_needs_a_per_example_loss():
     import tensorflow as tf
 
