@@ -1,22 +1,19 @@
 """Lesson 08 builds a Dirichlet split in the open and fixes the slide's generator; these tests
 run the lesson's own cells (found by a marker they contain) and hold them to fedutils.partition."""
+from functools import partial
 from pathlib import Path
 
-import nbformat
 import numpy as np
 import pytest
 
 from fedutils import partition
 
+import lesson_code
+
 NOTEBOOK = Path(__file__).resolve().parent.parent / "lessons" / "08_non_iid_data.ipynb"
 
 
-def lesson_cell(marker: str) -> str:
-    """Source of the first code cell of the lesson that contains `marker`."""
-    cells = nbformat.read(NOTEBOOK, as_version=4).cells
-    found = [c.source for c in cells if c.cell_type == "code" and marker in c.source]
-    assert found, f"no code cell of {NOTEBOOK.name} contains {marker!r}"
-    return found[0]
+lesson_cell = partial(lesson_code.cell_source, NOTEBOOK)
 
 
 def run_cells(*markers: str, **names) -> dict:

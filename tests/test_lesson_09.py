@@ -1,31 +1,19 @@
 """Lesson 09 builds its hospitals, its evaluation and the slide's missing FedAvg round in the
 open; these tests run the lesson's own cells (found by a marker they contain) on small data and
 hold them to fedutils and scikit-learn."""
+from functools import partial
 from pathlib import Path
 
-import nbformat
 import numpy as np
 import pytest
+
+import lesson_code
 
 NOTEBOOK = Path(__file__).resolve().parent.parent / "lessons" / "09_healthcare.ipynb"
 
 
-def lesson_cell(marker: str) -> str:
-    """Source of the first code cell of the lesson that contains `marker`."""
-    cells = nbformat.read(NOTEBOOK, as_version=4).cells
-    found = [c.source for c in cells if c.cell_type == "code" and marker in c.source]
-    assert found, f"no code cell of {NOTEBOOK.name} contains {marker!r}"
-    return found[0]
-
-
-def run_cells(*markers: str, **names) -> dict:
-    """Run the lesson's setup cell, then the cells holding `markers`, with `names` defined."""
-    namespace: dict = {}
-    exec(compile(lesson_cell("fedutils.set_seed(0)"), "setup", "exec"), namespace)
-    namespace.update(names)
-    for marker in markers:
-        exec(compile(lesson_cell(marker), f"{NOTEBOOK.name}: {marker}", "exec"), namespace)
-    return namespace
+lesson_cell = partial(lesson_code.cell_source, NOTEBOOK)
+run_cells = partial(lesson_code.run_cells, NOTEBOOK)
 
 
 @pytest.fixture(scope="module")
