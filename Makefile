@@ -75,7 +75,8 @@ test-modern: setup-modern
 
 lab: setup
 	$(VENV)/bin/jupyter lab --ServerApp.root_dir="$(CURDIR)" \
-	    --MappingKernelManager.default_kernel_name=$(KERNEL) $(LAB_ARGS) lessons/01_introduction.ipynb
+	    --MappingKernelManager.default_kernel_name=$(KERNEL) $(if $(filter 0,$(shell id -u)),--allow-root) \
+	    $(LAB_ARGS) lessons/01_introduction.ipynb
 
 test: setup
 	@export FEDUTILS_RUN_ID="make-test-$$$$-$$(date +%s)"; status=0; \

