@@ -44,7 +44,7 @@ $(STAMP): requirements.txt requirements-tff.txt pyproject.toml
 	@echo "(If pip prints a dependency-resolver ERROR naming tensorflow-federated's jax, jaxlib or"
 	@echo " typing-extensions pins, that is expected: the course overrides them, see README.md.)"
 	$(PY) -m pip install --quiet -r requirements.txt
-	@echo "Installing TensorFlow Federated without its stale pins (see requirements.txt)..."
+	@echo "Installing TensorFlow Federated (and packaging) without their stale pins (see requirements-tff.txt)..."
 	$(PY) -m pip install --quiet --no-deps -r requirements-tff.txt
 	$(PY) -m pip install --quiet --no-deps --no-build-isolation -e .
 	$(PY) -m ipykernel install --sys-prefix --name $(KERNEL) --display-name "Python 3 (FL course)" >/dev/null
