@@ -13,11 +13,14 @@ LESSONS = Path(__file__).resolve().parent.parent / "lessons"
 SETUP_MARKER = "fedutils.set_seed(0)"
 
 
-def cell_source(notebook: Path, marker: str) -> str:
-    """Source of the first code cell of `notebook` that contains `marker`."""
+def cell_source(notebook: Path, marker: str, unique: bool = False) -> str:
+    """Source of the first code cell of `notebook` that contains `marker` (with `unique`, of
+    the only one: a marker that matches two cells fails instead of picking one)."""
     cells = nbformat.read(notebook, as_version=4).cells
     found = [c.source for c in cells if c.cell_type == "code" and marker in c.source]
     assert found, f"no code cell of {notebook.name} contains {marker!r}"
+    assert not unique or len(found) == 1, \
+        f"expected one cell of {notebook.name} with {marker!r}, found {len(found)}"
     return found[0]
 
 

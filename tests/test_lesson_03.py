@@ -6,6 +6,7 @@ loop (`make_model_fn`, `build_process`, `tff_fedavg_loop`) must train the same m
 """
 import time
 from importlib import metadata
+from functools import partial
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -19,18 +20,15 @@ from packaging.utils import canonicalize_name
 import fedutils
 from fedutils import data, fedavg, models, tff_bridge
 
+import lesson_code
+
 NOTEBOOK = Path(__file__).resolve().parent.parent / "lessons" / "03_tff_environment.ipynb"
 needs_tff = pytest.mark.skipif(
     not tff_bridge.tff_available(),
     reason="TensorFlow Federated is not installed (it needs Python < 3.12 and TensorFlow 2.14)")
 
 
-def cell(marker: str) -> str:
-    """The source of the one code cell of the lesson that contains `marker`."""
-    nb = nbformat.read(NOTEBOOK, as_version=4)
-    found = [c.source for c in nb.cells if c.cell_type == "code" and marker in c.source]
-    assert len(found) == 1, f"expected one cell with {marker!r}, found {len(found)}"
-    return found[0]
+cell = partial(lesson_code.cell_source, NOTEBOOK, unique=True)
 
 
 def run_cells(namespace: dict, *markers: str) -> dict:

@@ -5,9 +5,9 @@ The lesson's cells are read from the notebook and executed here: its two means m
 plain mean, relabelling hidden units must leave the network's function unchanged, and a
 one-step weighted round must equal a gradient step on the pooled data.
 """
+from functools import partial
 from pathlib import Path
 
-import nbformat
 import numpy as np
 import pytest
 import tensorflow as tf
@@ -15,15 +15,12 @@ import tensorflow as tf
 import fedutils
 from fedutils import data, fedavg, models
 
+import lesson_code
+
 NOTEBOOK = Path(__file__).resolve().parent.parent / "lessons" / "05_server_aggregation.ipynb"
 
 
-def cell(marker: str) -> str:
-    """The source of the one code cell of the lesson that contains `marker`."""
-    nb = nbformat.read(NOTEBOOK, as_version=4)
-    found = [c.source for c in nb.cells if c.cell_type == "code" and marker in c.source]
-    assert len(found) == 1, f"expected one cell with {marker!r}, found {len(found)}"
-    return found[0]
+cell = partial(lesson_code.cell_source, NOTEBOOK, unique=True)
 
 
 @pytest.fixture(scope="module")

@@ -4,21 +4,18 @@ them against fedutils and against plain reference computations."""
 from __future__ import annotations
 
 import collections
+from functools import partial
 from pathlib import Path
 
-import nbformat
 import numpy as np
 import pytest
+
+import lesson_code
 
 NOTEBOOK = Path(__file__).resolve().parent.parent / "lessons" / "10_smart_keyboards.ipynb"
 
 
-def cell(marker: str) -> str:
-    """Source of the one code cell of the lesson that contains `marker`."""
-    nb = nbformat.read(NOTEBOOK, as_version=4)
-    found = [c.source for c in nb.cells if c.cell_type == "code" and marker in c.source]
-    assert len(found) == 1, f"expected one cell containing {marker!r}, found {len(found)}"
-    return found[0]
+cell = partial(lesson_code.cell_source, NOTEBOOK, unique=True)
 
 
 @pytest.fixture(scope="module")

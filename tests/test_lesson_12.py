@@ -5,9 +5,9 @@ train/test split must be a proper split of every client, and its hand-written fe
 evaluation (per-client reports, then weighted and unweighted aggregates) and its corrected
 version of the slide's pooled loop must agree with `fedutils.evaluation.federated_evaluate`.
 """
+from functools import partial
 from pathlib import Path
 
-import nbformat
 import numpy as np
 import pytest
 import tensorflow as tf
@@ -16,15 +16,12 @@ import fedutils
 from fedutils import data, models, partition
 from fedutils.evaluation import federated_evaluate
 
+import lesson_code
+
 NOTEBOOK = Path(__file__).resolve().parent.parent / "lessons" / "12_evaluation.ipynb"
 
 
-def cell(marker: str) -> str:
-    """The source of the one code cell of the lesson that contains `marker`."""
-    nb = nbformat.read(NOTEBOOK, as_version=4)
-    found = [c.source for c in nb.cells if c.cell_type == "code" and marker in c.source]
-    assert len(found) == 1, f"expected one cell with {marker!r}, found {len(found)}"
-    return found[0]
+cell = partial(lesson_code.cell_source, NOTEBOOK, unique=True)
 
 
 @pytest.fixture(scope="module")

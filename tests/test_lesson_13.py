@@ -5,23 +5,20 @@ trains exactly what the transfer model would, and that the per-client numbers ag
 fedutils' federated evaluation."""
 from __future__ import annotations
 
+from functools import partial
 from pathlib import Path
 
 import matplotlib
-import nbformat
 import numpy as np
 import pytest
+
+import lesson_code
 
 matplotlib.use("Agg")
 NOTEBOOK = Path(__file__).resolve().parent.parent / "lessons" / "13_future_directions.ipynb"
 
 
-def cell(marker: str) -> str:
-    """Source of the one code cell of the lesson that contains `marker`."""
-    nb = nbformat.read(NOTEBOOK, as_version=4)
-    found = [c.source for c in nb.cells if c.cell_type == "code" and marker in c.source]
-    assert len(found) == 1, f"expected one cell containing {marker!r}, found {len(found)}"
-    return found[0]
+cell = partial(lesson_code.cell_source, NOTEBOOK, unique=True)
 
 
 @pytest.fixture(scope="module")
