@@ -9,7 +9,6 @@ stacks the resulting weights. Python runs once per round, not once per batch.
 """
 from __future__ import annotations
 
-import logging
 from typing import Any, Sequence
 
 import numpy as np
@@ -17,18 +16,6 @@ import tensorflow as tf
 
 from fedutils.data import client_arrays
 from fedutils.fedavg import per_example_loss
-
-
-class _ExpectedRetracing(logging.Filter):
-    """Each `run_fedavg` call compiles its own round function, once. After a few calls TensorFlow
-    warns that "N out of the last M calls ... triggered tf.function retracing", which is expected
-    here and only noise in a lesson's output; this filter drops exactly that message."""
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        return "_train_clients" not in record.getMessage() or "retracing" not in record.getMessage()
-
-
-tf.get_logger().addFilter(_ExpectedRetracing())
 
 
 class FastRound:

@@ -14,7 +14,7 @@ import pytest
 ROOT = Path(__file__).resolve().parent.parent
 LESSONS = sorted((ROOT / "lessons").glob("[0-9][0-9]_*.ipynb"))
 NOISE = re.compile(r"(I|W|E) tensorflow/|cpu_feature_guard|oneDNN custom operations|"
-                   r"Traceback \(most recent call last\)|WARNING:absl")
+                   r"Traceback \(most recent call last\)|WARNING:absl|WARNING:tensorflow")
 
 
 def run_nbval(path: Path, tmp_path: Path) -> int:
