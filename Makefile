@@ -14,12 +14,19 @@ export TF_CPP_MIN_LOG_LEVEL := 3
 export TF_ENABLE_ONEDNN_OPTS := 0
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 
-.PHONY: help setup lab test notebooks timings bench check clean-workers clean setup-modern test-modern student site guide
+MODERN_KERNEL_SPEC := $(VENV)/share/jupyter/kernels/$(KERNEL)-modern/kernel.json
+CLIENTS ?= 3
+ROUNDS  ?= 3
+
+.PHONY: help setup lab test test-tff notebooks timings bench check clean-workers clean setup-modern test-modern student site guide federation
 
 help:
 	@echo "make lab        set up (first time only) and open the course in JupyterLab"
-	@echo "make test       set up (first time only) and run every test and every lesson"
-	@echo "make test-modern  the same in a current TensorFlow/Keras 3 environment without TFF (as Colab)"
+	@echo "make test       set up (first time only) and run every test and every lesson, in both"
+	@echo "               environments: test-tff (TensorFlow 2.14 + TFF) then test-modern"
+	@echo "               (current TensorFlow/Keras 3 + Flower, no TFF, as on Colab)"
+	@echo "make federation a real Flower federation on this machine: a SuperLink and"
+	@echo "               CLIENTS=3 SuperNodes over gRPC on loopback, ROUNDS=3, compared with fedutils"
 	@echo "make notebooks  re-execute every lesson in place, in order, saving outputs"
 	@echo "               (and record each lesson's time and memory in lessons/TIMINGS.md)"
 	@echo "make timings    time every lesson without saving outputs"
@@ -64,33 +71,43 @@ $(MODERN_STAMP): requirements-modern.txt pyproject.toml
 	$(MODERN_PY) -m pip install --quiet --upgrade "pip>=23.2" "setuptools>=64" wheel
 	$(MODERN_PY) -m pip install --quiet -r requirements-modern.txt
 	$(MODERN_PY) -m pip install --quiet --no-deps --no-build-isolation -e .
-	$(MODERN_PY) -m ipykernel install --sys-prefix --name $(KERNEL)-modern --display-name "Python 3 (FL course, Keras 3)" >/dev/null
+	$(MODERN_PY) -m ipykernel install --sys-prefix --name $(KERNEL)-modern --display-name "Python 3 (FL course, Keras 3 + Flower)" >/dev/null
 	$(MODERN_PY) -m fedutils.check
 	@touch $@
+
+# The course's JupyterLab (in $(VENV)) offers the current-TF kernel too: lesson 15 opens with it.
+$(MODERN_KERNEL_SPEC): $(STAMP) $(MODERN_STAMP)
+	$(MODERN_PY) -m ipykernel install --prefix "$(CURDIR)/$(VENV)" --name $(KERNEL)-modern \
+	    --display-name "Python 3 (FL course, Keras 3 + Flower)" >/dev/null 2>&1
 
 test-modern: setup-modern
 	@export FEDUTILS_RUN_ID="make-test-modern-$$$$-$$(date +%s)"; \
 	$(MODERN_PY) -m pytest --nbval-kernel-name=$(KERNEL)-modern \
 	    --nbval-sanitize-with tests/nbval_modern_sanitize.cfg $(PYTEST_ARGS)
 
-lab: setup
+lab: setup setup-modern $(MODERN_KERNEL_SPEC)
 	$(VENV)/bin/jupyter lab --ServerApp.root_dir="$(CURDIR)" \
 	    --MappingKernelManager.default_kernel_name=$(KERNEL) $(if $(filter 0,$(shell id -u)),--allow-root) \
 	    $(LAB_ARGS) lessons/01_introduction.ipynb
 
-test: setup
+test: test-tff test-modern
+
+test-tff: setup
 	@export FEDUTILS_RUN_ID="make-test-$$$$-$$(date +%s)"; status=0; \
 	$(PY) -m pytest $(PYTEST_ARGS) || status=$$?; \
 	$(PY) -m fedutils.workers --run-id "$$FEDUTILS_RUN_ID" --report || status=1; \
 	exit $$status
 
-notebooks: setup
+notebooks: setup setup-modern $(MODERN_KERNEL_SPEC)
 	$(PY) scripts/stamp_lessons.py
 	$(PY) scripts/run_notebooks.py --timings lessons/[0-9][0-9]_*.ipynb
 	$(PY) scripts/instructor_guide.py
 
-timings: setup
+timings: setup setup-modern $(MODERN_KERNEL_SPEC)
 	$(PY) scripts/run_notebooks.py --timings --no-save lessons/[0-9][0-9]_*.ipynb
+
+federation: setup-modern
+	$(MODERN_PY) -m fedutils.federation --clients $(CLIENTS) --rounds $(ROUNDS) --compare $(FEDERATION_ARGS)
 
 bench: setup
 	$(PY) benchmarks/bench_fedavg.py $(BENCH_ARGS)

@@ -17,8 +17,10 @@ One module per idea, each imported on its own so that `import fedutils` stays in
 """
 from __future__ import annotations
 
+import contextlib
 import os
 import random
+import sys
 
 # Keep TensorFlow's C++ start-up log lines out of notebook outputs. This only works if it is set
 # before TensorFlow is first imported, which is why lessons import fedutils first.
@@ -44,3 +46,23 @@ def set_seed(seed: int = 0) -> None:
     random.seed(seed)
     np.random.seed(seed)
     tf.keras.utils.set_random_seed(seed)
+
+
+@contextlib.contextmanager
+def quiet_native_logs():
+    """Send file descriptor 2 to /dev/null for the duration of the block.
+
+    TensorFlow 2.16+ writes CUDA-probing notices from C++ before its log settings take effect,
+    so TF_CPP_MIN_LOG_LEVEL cannot hide them; importing TensorFlow inside this block does.
+    Python exceptions still propagate normally.
+    """
+    sys.stderr.flush()
+    saved = os.dup(2)
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    try:
+        os.dup2(devnull, 2)
+        yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(devnull)
+        os.close(saved)

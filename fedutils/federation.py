@@ -97,6 +97,7 @@ class FederationResult:
     final_weights: list[np.ndarray]
     seconds: float                        # wall time from the first process to the last exit
     workdir: Path                         # logs of every process are here
+    commands: dict[str, str] = field(default_factory=dict)  # what was run, one line each
     killed: list[int] = field(default_factory=list)   # partition ids killed mid-round
     left_running: list[str] = field(default_factory=list)  # should always stay empty
 
@@ -107,7 +108,7 @@ class FederationResult:
 
 def run_federation(num_clients: int = 3, rounds: int = 3, local_epochs: int = 1,
                    client_lr: float = 0.1, batch_size: int = 20, seed: int = 0,
-                   round_timeout: float = 30.0, kill_client: Optional[int] = None,
+                   round_timeout: float = 60.0, kill_client: Optional[int] = None,
                    kill_round: int = 2, timeout: float = 600.0, verbose: bool = True,
                    workdir: Optional[str] = None) -> FederationResult:
     """Start a SuperLink and `num_clients` SuperNodes on 127.0.0.1, run the Flower app for
@@ -128,7 +129,7 @@ def run_federation(num_clients: int = 3, rounds: int = 3, local_epochs: int = 1,
     if kill_client is not None:
         kill_client = check_int("kill_client", kill_client, minimum=0, maximum=num_clients - 1)
         kill_round = check_int("kill_round", kill_round, minimum=1, maximum=rounds)
-    _check_flower()
+    require_flower()
 
     work = Path(workdir or tempfile.mkdtemp(prefix="fl-federation-"))
     work.mkdir(parents=True, exist_ok=True)
@@ -166,7 +167,7 @@ def run_federation(num_clients: int = 3, rounds: int = 3, local_epochs: int = 1,
         run_config = (f"num-server-rounds={rounds} local-epochs={local_epochs} "
                       f"client-lr={client_lr} batch-size={batch_size} seed={seed} "
                       f"round-timeout={round_timeout} min-nodes={num_clients} "
-                      f"results-path='{results_path}'")
+                      f'results-path="{results_path}"')
         procs["flwr-run"] = _start(
             [bin_dir / "flwr", "run", str(APP_DIR), "course", "--stream",
              "--run-config", run_config], work / "flwr-run.log", env)
@@ -202,6 +203,7 @@ def run_federation(num_clients: int = 3, rounds: int = 3, local_epochs: int = 1,
     result = FederationResult(rounds=state["rounds"], initial=state["initial"],
                               final_weights=[weights[k] for k in sorted(weights, key=int)],
                               seconds=time.perf_counter() - started, workdir=work,
+                              commands={n: _display(p.args) for n, p in procs.items()},
                               killed=killed, left_running=left)
     say(f"done in {result.seconds:.1f} s; every process stopped"
         + ("" if not left else f" EXCEPT {left}"))
@@ -209,13 +211,13 @@ def run_federation(num_clients: int = 3, rounds: int = 3, local_epochs: int = 1,
 
 
 def _describe(record: dict, rounds: int) -> str:
-    failed = f", {record['failures']} failed" if record.get("failures") else ""
-    return (f"  round {record['round']}/{rounds}: {record['clients']} clients replied"
-            f"{failed} ({record['num_examples']} examples), test accuracy "
+    return (f"  round {record['round']}/{rounds}: {record['clients']} of {record['asked']} "
+            f"clients replied ({record['num_examples']} examples), test accuracy "
             f"{record['accuracy']:.3f}, {record['seconds']:.1f} s")
 
 
-def _check_flower() -> None:
+def require_flower() -> None:
+    """Raise a RuntimeError that says what to do if Flower (the pinned version) is missing."""
     try:
         import flwr
     except ImportError:
@@ -229,6 +231,13 @@ def _check_flower() -> None:
                            f"found {flwr.__version__}: pip install flwr=={FLOWER_VERSION}")
     if not (APP_DIR / "pyproject.toml").exists():
         raise RuntimeError(f"the Flower app is missing from {APP_DIR}: reinstall fedutils")
+
+
+def _display(args: list) -> str:
+    """A command line as a learner would type it: program names, not the venv's full paths."""
+    import shlex
+
+    return shlex.join([Path(args[0]).name] + [str(a) for a in args[1:]])
 
 
 def _free_ports(count: int) -> list[int]:

@@ -27,6 +27,11 @@ from fedutils.workers import stop_workers
 
 ROOT = Path(__file__).resolve().parent.parent
 KERNEL = "fl-course"
+# A lesson saved with this kernel (15: Flower needs protobuf >= 5) runs in the current-TF
+# environment, whose kernel `make notebooks` registers beside the course's; it keeps that kernel
+# in its metadata so JupyterLab opens it with the right one.
+MODERN_KERNEL = {"name": "fl-course-modern", "display_name": "Python 3 (FL course, Keras 3 + Flower)",
+                 "language": "python"}
 
 
 class PeakMemory(threading.Thread):
@@ -50,7 +55,9 @@ class PeakMemory(threading.Thread):
 
 def run(path: Path, save: bool, timeout: int, verbose: bool = False) -> dict:
     nb = nbformat.read(path, as_version=4)
-    client = NotebookClient(nb, timeout=timeout, kernel_name=KERNEL,
+    modern = nb.metadata.get("kernelspec", {}).get("name") == MODERN_KERNEL["name"]
+    client = NotebookClient(nb, timeout=timeout,
+                            kernel_name=MODERN_KERNEL["name"] if modern else KERNEL,
                             resources={"metadata": {"path": str(path.parent)}})
     monitor = PeakMemory(client)
     started = time.perf_counter()
@@ -65,8 +72,8 @@ def run(path: Path, save: bool, timeout: int, verbose: bool = False) -> dict:
     seconds = time.perf_counter() - started
     monitor.done.set()
     stop_workers(run_id=os.environ["FEDUTILS_RUN_ID"])
-    nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3 (ipykernel)",
-                                 "language": "python"}
+    nb.metadata["kernelspec"] = MODERN_KERNEL if modern else {
+        "name": "python3", "display_name": "Python 3 (ipykernel)", "language": "python"}
     if save:
         nbformat.write(nb, path)
     return {"lesson": path.stem, "seconds": round(seconds, 1),

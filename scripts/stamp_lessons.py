@@ -64,7 +64,7 @@ def navigation(prev, nxt) -> str:
     return " · ".join(p for p in parts if p)
 
 
-def colab_cell(repo: str) -> str:
+def colab_cell(repo: str, extras: str = "colab") -> str:
     return "\n".join([
         "# NBVAL_SKIP",
         "# Colab only: install the course helpers (fedutils) and the data packages they use.",
@@ -72,7 +72,7 @@ def colab_cell(repo: str) -> str:
         "import subprocess, sys",
         'if "google.colab" in sys.modules:',
         "    subprocess.run([sys.executable, \"-m\", \"pip\", \"install\", \"--quiet\",",
-        f'                    "fedutils[colab] @ git+{repo}"], check=True)',
+        f'                    "fedutils[{extras}] @ git+{repo}"], check=True)',
     ])
 
 
@@ -93,7 +93,10 @@ def stamped(nb: nbformat.NotebookNode, repo: str, path: Path, prev, nxt) -> nbfo
         return cell
 
     title_index = next(i for i, c in enumerate(cells) if c.cell_type == "markdown")
-    cells.insert(title_index + 1, make("code", "colab", colab_cell(repo)))
+    # A lesson saved with the current-TF kernel (15) needs Flower on Colab too.
+    modern = nb.metadata.get("kernelspec", {}).get("name") == "fl-course-modern"
+    cells.insert(title_index + 1, make("code", "colab",
+                                       colab_cell(repo, "colab,flower" if modern else "colab")))
     cells.insert(0, make("markdown", "header", header(repo, path, prev, nxt)))
     cells.append(make("markdown", "footer", "---\n\n" + navigation(prev, nxt)))
     nb.cells = cells

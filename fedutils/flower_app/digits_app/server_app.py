@@ -64,7 +64,8 @@ def main(grid: Grid, context: Context) -> None:
         else:
             clients, examples = strategy.replies.get(server_round, (0, 0))
             state["rounds"].append({
-                "round": server_round, "clients": clients,
+                "round": server_round, "asked": strategy.asked.get(server_round, 0),
+                "clients": clients,
                 "failures": strategy.asked.get(server_round, 0) - clients,
                 "num_examples": examples, "accuracy": accuracy, "loss": loss,
                 "seconds": time.perf_counter() - clock[0]})
