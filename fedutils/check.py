@@ -69,6 +69,8 @@ MODERN = [
     Requirement("ipywidgets", "", False),
     Requirement("tqdm", "", True),
     Requirement("psutil", "", True),
+    Requirement("flwr", "1.39.", False,
+                "lesson 15's Flower federation (pip install flwr==1.39.0; needs protobuf >= 5)"),
 ]
 
 
