@@ -29,7 +29,7 @@ import time
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Optional
+from typing import Optional
 
 import numpy as np
 import psutil
@@ -136,66 +136,20 @@ def run_federation(num_clients: int = 3, rounds: int = 3, local_epochs: int = 1,
     results_path = work / "results.json"
     results_path.unlink(missing_ok=True)
     tag = uuid.uuid4().hex
-    bin_dir = Path(sys.executable).parent
-    # Flower starts its helpers (flower-superexec, flwr-serverapp, flwr-clientapp) by name.
-    path = os.pathsep.join([str(bin_dir), os.environ.get("PATH", "")])
-    env = {**os.environ, **FLOWER_ENV, TAG_VARIABLE: tag, "PATH": path,
-           "FLWR_HOME": str(work / "flwr-home")}
-    http_port, fleet_port, *node_ports = _free_ports(2 + num_clients)
-    _write_connection(work / "flwr-home", http_port)
+    env = _environment(work, tag)
+    run_config = (f"num-server-rounds={rounds} local-epochs={local_epochs} "
+                  f"client-lr={client_lr} batch-size={batch_size} seed={seed} "
+                  f"round-timeout={round_timeout} min-nodes={num_clients} "
+                  f'results-path="{results_path}"')
     say = print if verbose else (lambda *a, **k: None)
 
     started = time.perf_counter()
     procs: dict[str, subprocess.Popen] = {}
     killed: list[int] = []
     try:
-        procs["superlink"] = _start(
-            [bin_dir / "flower-superlink", "--insecure", "--host", "127.0.0.1",
-             "--port", str(http_port), "--fleet-api-address", f"127.0.0.1:{fleet_port}",
-             "--disable-runtime-dependency-installation"], work / "superlink.log", env)
-        _wait_for_port(http_port, procs["superlink"], work / "superlink.log")
-        say(f"SuperLink up: Fleet API (gRPC) on 127.0.0.1:{fleet_port}, "
-            f"Control API on 127.0.0.1:{http_port}")
-        for i, port in enumerate(node_ports):
-            procs[f"supernode-{i}"] = _start(
-                [bin_dir / "flower-supernode", "--insecure", "--grpc-rere",
-                 "--superlink", f"127.0.0.1:{fleet_port}", "--host", "127.0.0.1",
-                 "--port", str(port),
-                 "--node-config", f"partition-id={i} num-partitions={num_clients}"],
-                work / f"supernode-{i}.log", env)
-        say(f"{num_clients} SuperNodes started (one per client), submitting the app ...")
-        run_config = (f"num-server-rounds={rounds} local-epochs={local_epochs} "
-                      f"client-lr={client_lr} batch-size={batch_size} seed={seed} "
-                      f"round-timeout={round_timeout} min-nodes={num_clients} "
-                      f'results-path="{results_path}"')
-        procs["flwr-run"] = _start(
-            [bin_dir / "flwr", "run", str(APP_DIR), "course", "--stream",
-             "--run-config", run_config], work / "flwr-run.log", env)
-
-        deadline = time.monotonic() + timeout
-        shown = 0
-        while True:
-            state = _read_json(results_path)
-            for record in state.get("rounds", [])[shown:]:
-                say(_describe(record, rounds))
-            shown = len(state.get("rounds", []))
-            if state.get("done"):
-                break
-            if (kill_client is not None and not killed and shown == kill_round - 1
-                    and _is_training(procs[f"supernode-{kill_client}"])):
-                _kill_group(procs[f"supernode-{kill_client}"])
-                killed.append(kill_client)
-                say(f"  killed SuperNode {kill_client} while it trained in round {kill_round}")
-            if procs["flwr-run"].poll() is not None and not state.get("done"):
-                time.sleep(1.0)   # the results file is written just before the run ends
-                if not _read_json(results_path).get("done"):
-                    raise RuntimeError("the Flower run ended without results; see "
-                                       f"{work / 'flwr-run.log'} and {work / 'superlink.log'}")
-                continue
-            if time.monotonic() > deadline:
-                raise TimeoutError(f"the federation did not finish in {timeout:.0f} s; logs "
-                                   f"are in {work}")
-            time.sleep(0.2)
+        _launch(procs, num_clients, run_config, work, env, say)
+        _follow(procs, results_path, rounds, kill_client, kill_round, killed, timeout, say,
+                work)
     finally:
         left = _stop_all(procs, tag)
     state = _read_json(results_path)
@@ -208,6 +162,70 @@ def run_federation(num_clients: int = 3, rounds: int = 3, local_epochs: int = 1,
     say(f"done in {result.seconds:.1f} s; every process stopped"
         + ("" if not left else f" EXCEPT {left}"))
     return result
+
+
+def _environment(work: Path, tag: str) -> dict:
+    """Environment of every process: offline, quiet, tagged, with its own Flower home."""
+    bin_dir = Path(sys.executable).parent
+    # Flower starts its helpers (flower-superexec, flwr-serverapp, flwr-clientapp) by name.
+    path = os.pathsep.join([str(bin_dir), os.environ.get("PATH", "")])
+    return {**os.environ, **FLOWER_ENV, TAG_VARIABLE: tag, "PATH": path,
+            "FLWR_HOME": str(work / "flwr-home")}
+
+
+def _launch(procs: dict, num_clients: int, run_config: str, work: Path, env: dict,
+            say) -> None:
+    """Start the SuperLink, then the SuperNodes, then submit the app with `flwr run`."""
+    bin_dir = Path(sys.executable).parent
+    http_port, fleet_port, *node_ports = _free_ports(2 + num_clients)
+    _write_connection(Path(env["FLWR_HOME"]), http_port)
+    procs["superlink"] = _start(
+        [bin_dir / "flower-superlink", "--insecure", "--host", "127.0.0.1",
+         "--port", str(http_port), "--fleet-api-address", f"127.0.0.1:{fleet_port}",
+         "--disable-runtime-dependency-installation"], work / "superlink.log", env)
+    _wait_for_port(http_port, procs["superlink"], work / "superlink.log")
+    say(f"SuperLink up: Fleet API (gRPC) on 127.0.0.1:{fleet_port}, "
+        f"Control API on 127.0.0.1:{http_port}")
+    for i, port in enumerate(node_ports):
+        procs[f"supernode-{i}"] = _start(
+            [bin_dir / "flower-supernode", "--insecure", "--grpc-rere",
+             "--superlink", f"127.0.0.1:{fleet_port}", "--host", "127.0.0.1",
+             "--port", str(port),
+             "--node-config", f"partition-id={i} num-partitions={num_clients}"],
+            work / f"supernode-{i}.log", env)
+    say(f"{num_clients} SuperNodes started (one per client), submitting the app ...")
+    procs["flwr-run"] = _start([bin_dir / "flwr", "run", str(APP_DIR), "course", "--stream",
+                                "--run-config", run_config], work / "flwr-run.log", env)
+
+
+def _follow(procs: dict, results_path: Path, rounds: int, kill_client: Optional[int],
+            kill_round: int, killed: list, timeout: float, say, work: Path) -> None:
+    """Print each round as the ServerApp records it, until it writes "done"; kill the chosen
+    SuperNode once it trains in `kill_round`. Raise if the run ends early or takes too long."""
+    deadline = time.monotonic() + timeout
+    shown = 0
+    while True:
+        state = _read_json(results_path)
+        for record in state.get("rounds", [])[shown:]:
+            say(_describe(record, rounds))
+        shown = len(state.get("rounds", []))
+        if state.get("done"):
+            return
+        if (kill_client is not None and not killed and shown == kill_round - 1
+                and _is_training(procs[f"supernode-{kill_client}"])):
+            _kill_group(procs[f"supernode-{kill_client}"])
+            killed.append(kill_client)
+            say(f"  killed SuperNode {kill_client} while it trained in round {kill_round}")
+        if procs["flwr-run"].poll() is not None:
+            time.sleep(1.0)   # the results file is written just before the run ends
+            if not _read_json(results_path).get("done"):
+                raise RuntimeError("the Flower run ended without results; see "
+                                   f"{work / 'flwr-run.log'} and {work / 'superlink.log'}")
+            continue
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"the federation did not finish in {timeout:.0f} s; logs are "
+                               f"in {work}")
+        time.sleep(0.2)
 
 
 def _describe(record: dict, rounds: int) -> str:

@@ -17,7 +17,8 @@ import lesson_code
 pytest.importorskip("flwr", reason="Flower lives in the current-TF environment "
                     "(make test-modern)")
 
-NOTEBOOK = Path(__file__).resolve().parent.parent / "lessons" / "15_from_simulation_to_deployment.ipynb"
+NOTEBOOK = (Path(__file__).resolve().parent.parent / "lessons"
+            / "15_from_simulation_to_deployment.ipynb")
 
 
 def run(namespace: dict, marker: str) -> dict:
