@@ -164,6 +164,18 @@ def run_federation(num_clients: int = 3, rounds: int = 3, local_epochs: int = 1,
     return result
 
 
+def _executable(name: str, env: dict) -> str:
+    """Flower's command `name` from this interpreter's environment (its bin folder first: a
+    venv need not be activated; on Colab the commands live in /usr/local/bin)."""
+    import shutil
+
+    found = shutil.which(name, path=env["PATH"])
+    if found is None:
+        raise RuntimeError(f"Flower's command {name!r} was not found next to {sys.executable} "
+                           f"or on PATH: pip install flwr=={FLOWER_VERSION}")
+    return found
+
+
 def _environment(work: Path, tag: str) -> dict:
     """Environment of every process: offline, quiet, tagged, with its own Flower home."""
     bin_dir = Path(sys.executable).parent
@@ -176,11 +188,10 @@ def _environment(work: Path, tag: str) -> dict:
 def _launch(procs: dict, num_clients: int, run_config: str, work: Path, env: dict,
             say) -> None:
     """Start the SuperLink, then the SuperNodes, then submit the app with `flwr run`."""
-    bin_dir = Path(sys.executable).parent
     http_port, fleet_port, *node_ports = _free_ports(2 + num_clients)
     _write_connection(Path(env["FLWR_HOME"]), http_port)
     procs["superlink"] = _start(
-        [bin_dir / "flower-superlink", "--insecure", "--host", "127.0.0.1",
+        [_executable("flower-superlink", env), "--insecure", "--host", "127.0.0.1",
          "--port", str(http_port), "--fleet-api-address", f"127.0.0.1:{fleet_port}",
          "--disable-runtime-dependency-installation"], work / "superlink.log", env)
     _wait_for_port(http_port, procs["superlink"], work / "superlink.log")
@@ -188,13 +199,13 @@ def _launch(procs: dict, num_clients: int, run_config: str, work: Path, env: dic
         f"Control API on 127.0.0.1:{http_port}")
     for i, port in enumerate(node_ports):
         procs[f"supernode-{i}"] = _start(
-            [bin_dir / "flower-supernode", "--insecure", "--grpc-rere",
+            [_executable("flower-supernode", env), "--insecure", "--grpc-rere",
              "--superlink", f"127.0.0.1:{fleet_port}", "--host", "127.0.0.1",
              "--port", str(port),
              "--node-config", f"partition-id={i} num-partitions={num_clients}"],
             work / f"supernode-{i}.log", env)
     say(f"{num_clients} SuperNodes started (one per client), submitting the app ...")
-    procs["flwr-run"] = _start([bin_dir / "flwr", "run", str(APP_DIR), "course", "--stream",
+    procs["flwr-run"] = _start([_executable("flwr", env), "run", str(APP_DIR), "course", "--stream",
                                 "--run-config", run_config], work / "flwr-run.log", env)
 
 

@@ -58,6 +58,11 @@ def test_missing_flower_says_which_environment_to_use():
         federation.run_federation()
 
 
+def test_a_missing_flower_command_is_named_with_the_fix():
+    with pytest.raises(RuntimeError, match="'flower-superlink'.*pip install flwr==1.39.0"):
+        federation._executable("flower-superlink", {"PATH": "/nonexistent"})
+
+
 @pytest.fixture(scope="module")
 def flower_run():
     return federation.run_federation(num_clients=3, rounds=3, verbose=False)
