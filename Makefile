@@ -69,6 +69,7 @@ $(MODERN_STAMP): requirements-modern.txt pyproject.toml
 	    "$$base" -m venv "$(MODERN_VENV)"; \
 	fi
 	$(MODERN_PY) -m pip install --quiet --upgrade "pip>=23.2" "setuptools>=64" wheel
+	@echo "Installing the current-TensorFlow environment (Keras 3 + Flower; first time: about 2 minutes, 2.7 GB)..."
 	$(MODERN_PY) -m pip install --quiet -r requirements-modern.txt
 	$(MODERN_PY) -m pip install --quiet --no-deps --no-build-isolation -e .
 	$(MODERN_PY) -m ipykernel install --sys-prefix --name $(KERNEL)-modern --display-name "Python 3 (FL course, Keras 3 + Flower)" >/dev/null
