@@ -64,8 +64,9 @@ def test_a_missing_flower_command_is_named_with_the_fix():
 
 
 @pytest.fixture(scope="module")
-def flower_run():
-    return federation.run_federation(num_clients=3, rounds=3, verbose=False)
+def flower_run(tmp_path_factory):
+    return federation.run_federation(num_clients=3, rounds=3, verbose=False,
+                                     workdir=str(tmp_path_factory.mktemp("federation")))
 
 
 @needs_flower
@@ -101,12 +102,12 @@ def test_every_process_of_the_federation_has_exited(flower_run):
 
 
 @needs_flower
-def test_a_client_killed_mid_round_does_not_hang_the_server():
+def test_a_client_killed_mid_round_does_not_hang_the_server(tmp_path):
     # 40 s: over three times a round here (about 12 s), so a slower CI machine still misses
     # only the dead client; the SuperLink's own heartbeat check ends round 3 sooner.
     result = federation.run_federation(num_clients=3, rounds=3, round_timeout=40.0,
                                        kill_client=2, kill_round=2, verbose=False,
-                                       timeout=300)
+                                       timeout=300, workdir=str(tmp_path))
     assert result.killed == [2]
     assert result.rounds[0]["clients"] == 3
     second = result.rounds[1]
