@@ -10,6 +10,8 @@ One module per idea, each imported on its own so that `import fedutils` stays in
 - fedutils.compression  top-k / random-k sparsification, quantization, error feedback, bytes
 - fedutils.evaluation   federated evaluation with per-client and aggregate metrics
 - fedutils.tff_bridge   the same model and data run through TensorFlow Federated, when present
+- fedutils.federation   the same model and client training as a real Flower federation of
+                        processes on this machine (lesson 15; current-TF environment only)
 - fedutils.interactive  sliders in live notebooks, a one-line note in headless runs
 - fedutils.capstone     the final exercise's fixed data split and its automatic checker
 - fedutils.workers      stops the helper process TFF leaves behind
