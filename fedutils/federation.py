@@ -3,8 +3,8 @@
 One SuperLink (Flower's server) and N SuperNodes (its clients) each run as a separate process
 and talk gRPC over loopback, exactly as they would across machines; `flwr run` submits the app,
 the SuperLink starts the ServerApp (weighted FedAvg) and each SuperNode starts the ClientApp
-(`fedutils.fedavg.client_update`) for every message it receives. Nothing here simulates: these are
-Flower's own deployment processes. `run_federation` starts them, follows the rounds, and stops
+(`fedutils.fedavg.client_update`) for every message it receives. Nothing here simulates:
+these are Flower's own deployment processes. `run_federation` starts them, follows the rounds, and stops
 every process it started, whatever happens; `simulate` runs `fedutils.run_fedavg` on the same
 split and seeds so the two can be compared.
 
