@@ -4,9 +4,9 @@ One SuperLink (Flower's server) and N SuperNodes (its clients) each run as a sep
 and talk gRPC over loopback, exactly as they would across machines; `flwr run` submits the app,
 the SuperLink starts the ServerApp (weighted FedAvg) and each SuperNode starts the ClientApp
 (`fedutils.fedavg.client_update`) for every message it receives. Nothing here simulates:
-these are Flower's own deployment processes. `run_federation` starts them, follows the rounds, and stops
-every process it started, whatever happens; `simulate` runs `fedutils.run_fedavg` on the same
-split and seeds so the two can be compared.
+these are Flower's own deployment processes. `run_federation` starts them, follows the
+rounds, and stops every process it started, whatever happens; `simulate` runs
+`fedutils.run_fedavg` on the same split and seeds so the two can be compared.
 
 Flower needs protobuf 5 or newer, which TensorFlow 2.14 (and so TFF) cannot use: this module
 works in the current-TensorFlow environment (`make setup-modern`, or Colab).

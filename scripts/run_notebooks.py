@@ -30,8 +30,8 @@ KERNEL = "fl-course"
 # A lesson saved with this kernel (15: Flower needs protobuf >= 5) runs in the current-TF
 # environment, whose kernel `make notebooks` registers beside the course's; it keeps that kernel
 # in its metadata so JupyterLab opens it with the right one.
-MODERN_KERNEL = {"name": "fl-course-modern", "display_name": "Python 3 (FL course, Keras 3 + Flower)",
-                 "language": "python"}
+MODERN_KERNEL = {"name": "fl-course-modern",
+                 "display_name": "Python 3 (FL course, Keras 3 + Flower)", "language": "python"}
 
 
 class PeakMemory(threading.Thread):
