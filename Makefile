@@ -14,7 +14,9 @@ export TF_CPP_MIN_LOG_LEVEL := 3
 export TF_ENABLE_ONEDNN_OPTS := 0
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 
-MODERN_KERNEL_SPEC := $(VENV)/share/jupyter/kernels/$(KERNEL)-modern/kernel.json
+MODERN_KERNEL := $(KERNEL)-modern
+MODERN_KERNEL_DISPLAY := Python 3 (FL course, Keras 3 + Flower)
+MODERN_KERNEL_SPEC := $(VENV)/share/jupyter/kernels/$(MODERN_KERNEL)/kernel.json
 CLIENTS ?= 3
 ROUNDS  ?= 3
 
@@ -72,18 +74,18 @@ $(MODERN_STAMP): requirements-modern.txt pyproject.toml
 	@echo "Installing the current-TensorFlow environment (Keras 3 + Flower; first time: about 2 minutes, 2.7 GB)..."
 	$(MODERN_PY) -m pip install --quiet -r requirements-modern.txt
 	$(MODERN_PY) -m pip install --quiet --no-deps --no-build-isolation -e .
-	$(MODERN_PY) -m ipykernel install --sys-prefix --name $(KERNEL)-modern --display-name "Python 3 (FL course, Keras 3 + Flower)" >/dev/null
+	$(MODERN_PY) -m ipykernel install --sys-prefix --name $(MODERN_KERNEL) --display-name "$(MODERN_KERNEL_DISPLAY)" >/dev/null
 	$(MODERN_PY) -m fedutils.check
 	@touch $@
 
 # The course's JupyterLab (in $(VENV)) offers the current-TF kernel too: lesson 15 opens with it.
 $(MODERN_KERNEL_SPEC): $(STAMP) $(MODERN_STAMP)
-	$(MODERN_PY) -m ipykernel install --prefix "$(CURDIR)/$(VENV)" --name $(KERNEL)-modern \
-	    --display-name "Python 3 (FL course, Keras 3 + Flower)" >/dev/null 2>&1
+	$(MODERN_PY) -m ipykernel install --prefix "$(CURDIR)/$(VENV)" --name $(MODERN_KERNEL) \
+	    --display-name "$(MODERN_KERNEL_DISPLAY)" >/dev/null 2>&1
 
 test-modern: setup-modern
 	@export FEDUTILS_RUN_ID="make-test-modern-$$$$-$$(date +%s)"; \
-	$(MODERN_PY) -m pytest --nbval-kernel-name=$(KERNEL)-modern \
+	$(MODERN_PY) -m pytest --nbval-kernel-name=$(MODERN_KERNEL) \
 	    --nbval-sanitize-with tests/nbval_modern_sanitize.cfg $(PYTEST_ARGS)
 
 lab: setup setup-modern $(MODERN_KERNEL_SPEC)

@@ -20,6 +20,8 @@ import argparse
 import functools
 import json
 import os
+import shlex
+import shutil
 import signal
 import socket
 import subprocess
@@ -40,8 +42,8 @@ APP_DIR = Path(__file__).resolve().parent / "flower_app"   # a Flower project: p
 FLOWER_VERSION = "1.39.0"
 TAG_VARIABLE = "FEDUTILS_FEDERATION_ID"   # every process of one federation carries it
 # Offline and quiet: no usage telemetry, no check for a newer Flower on PyPI.
+# (TensorFlow's log settings come from os.environ, where importing fedutils put them.)
 FLOWER_ENV = {"FLWR_TELEMETRY_ENABLED": "0", "FLWR_DISABLE_UPDATE_CHECK": "1",
-              "TF_CPP_MIN_LOG_LEVEL": "3", "TF_ENABLE_ONEDNN_OPTS": "0",
               "PYTHONUNBUFFERED": "1"}
 
 
@@ -167,8 +169,6 @@ def run_federation(num_clients: int = 3, rounds: int = 3, local_epochs: int = 1,
 def _executable(name: str, env: dict) -> str:
     """Flower's command `name` from this interpreter's environment (its bin folder first: a
     venv need not be activated; on Colab the commands live in /usr/local/bin)."""
-    import shutil
-
     found = shutil.which(name, path=env["PATH"])
     if found is None:
         raise RuntimeError(f"Flower's command {name!r} was not found next to {sys.executable} "
@@ -264,8 +264,6 @@ def require_flower() -> None:
 
 def _display(args: list) -> str:
     """A command line as a learner would type it: program names, not the venv's full paths."""
-    import shlex
-
     return shlex.join([Path(args[0]).name] + [str(a) for a in args[1:]])
 
 

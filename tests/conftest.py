@@ -1,7 +1,13 @@
 """Fixtures shared by the unit tests (the session harness is ../conftest.py)."""
 from __future__ import annotations
 
+import subprocess
+import sys
+from pathlib import Path
+
 import pytest
+
+SCRIPTS = Path(__file__).resolve().parent.parent / "scripts"
 
 
 @pytest.fixture(scope="session")
@@ -11,3 +17,16 @@ def digits_split():
 
     x, y = data.load_digits()
     return data.train_test_split(x, y, test_fraction=0.25, seed=0)
+
+
+@pytest.fixture
+def run_script(tmp_path):
+    """Run scripts/<name> with this interpreter and return (exit code, its output). Output goes
+    to a file, not a pipe: see fedutils.workers."""
+    def run(name: str, *args: str) -> tuple[int, str]:
+        log = tmp_path / f"{name}.log"
+        with open(log, "w") as out:
+            code = subprocess.run([sys.executable, str(SCRIPTS / name), *args], stdout=out,
+                                  stderr=subprocess.STDOUT).returncode
+        return code, log.read_text()
+    return run

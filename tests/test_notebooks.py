@@ -67,13 +67,10 @@ def test_lesson_is_committed_clean(path):
         assert removed not in sources, f"removed TFF API {removed} called"
 
 
-def test_lessons_are_in_sync_with_the_stamp_script(tmp_path):
+def test_lessons_are_in_sync_with_the_stamp_script(run_script):
     """Badge, Colab cell and navigation come from scripts/stamp_lessons.py and one address."""
-    log = tmp_path / "stamp.log"
-    with open(log, "w") as out:
-        code = subprocess.run([sys.executable, str(ROOT / "scripts" / "stamp_lessons.py"),
-                               "--check"], stdout=out, stderr=subprocess.STDOUT).returncode
-    assert code == 0, log.read_text()
+    code, output = run_script("stamp_lessons.py", "--check")
+    assert code == 0, output
 
 
 @pytest.mark.parametrize("path", LESSONS, ids=[p.stem for p in LESSONS])

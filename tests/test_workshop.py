@@ -77,12 +77,9 @@ def test_site_is_offline_and_linked(tmp_path):
     assert "data:image/png;base64" in first, "plots are embedded"
 
 
-def test_instructor_guide_is_generated_from_the_current_timings(tmp_path):
-    log = tmp_path / "guide.log"
-    with open(log, "w") as out:
-        code = subprocess.run([sys.executable, str(ROOT / "scripts" / "instructor_guide.py"),
-                               "--check"], stdout=out, stderr=subprocess.STDOUT).returncode
-    assert code == 0, log.read_text()
+def test_instructor_guide_is_generated_from_the_current_timings(run_script):
+    code, output = run_script("instructor_guide.py", "--check")
+    assert code == 0, output
     guide = (ROOT / "docs" / "instructor_guide.md").read_text()
     assert "## One-day schedule" in guide and "## Half-day schedule" in guide
     for path in LESSONS:
