@@ -36,7 +36,7 @@ help:
 	@echo "make student    student copies (no solutions, no outputs) in build/student/"
 	@echo "make site       the course as static HTML pages in build/site/ (open index.html)"
 	@echo "make guide      regenerate the instructor guide from the measured timings"
-	@echo "make check      print the environment check (python -m fedutils.check)"
+	@echo "make check      print the environment check (python -m fedutils.course.check)"
 
 setup: $(STAMP)
 
@@ -57,7 +57,7 @@ $(STAMP): requirements.txt requirements-tff.txt pyproject.toml
 	$(PY) -m pip install --quiet --no-deps -r requirements-tff.txt
 	$(PY) -m pip install --quiet --no-deps --no-build-isolation -e .
 	$(PY) -m ipykernel install --sys-prefix --name $(KERNEL) --display-name "Python 3 (FL course)" >/dev/null
-	$(PY) -m fedutils.check
+	$(PY) -m fedutils.course.check
 	@touch $@
 
 # The Colab-like environment: newest TensorFlow and Keras 3, no TFF.
@@ -75,7 +75,7 @@ $(MODERN_STAMP): requirements-modern.txt pyproject.toml
 	$(MODERN_PY) -m pip install --quiet -r requirements-modern.txt
 	$(MODERN_PY) -m pip install --quiet --no-deps --no-build-isolation -e .
 	$(MODERN_PY) -m ipykernel install --sys-prefix --name $(MODERN_KERNEL) --display-name "$(MODERN_KERNEL_DISPLAY)" >/dev/null
-	$(MODERN_PY) -m fedutils.check
+	$(MODERN_PY) -m fedutils.course.check
 	@touch $@
 
 # The course's JupyterLab (in $(VENV)) offers the current-TF kernel too: lesson 15 opens with it.
@@ -98,19 +98,19 @@ test: test-tff test-modern
 test-tff: setup
 	@export FEDUTILS_RUN_ID="make-test-$$$$-$$(date +%s)"; status=0; \
 	$(PY) -m pytest $(PYTEST_ARGS) || status=$$?; \
-	$(PY) -m fedutils.workers --run-id "$$FEDUTILS_RUN_ID" --report || status=1; \
+	$(PY) -m fedutils.course.tff_workers --run-id "$$FEDUTILS_RUN_ID" --report || status=1; \
 	exit $$status
 
 notebooks: setup setup-modern $(MODERN_KERNEL_SPEC)
 	$(PY) scripts/stamp_lessons.py
-	$(PY) scripts/run_notebooks.py --timings lessons/[0-9][0-9]_*.ipynb
+	$(PY) scripts/run_notebooks.py --timings
 	$(PY) scripts/instructor_guide.py
 
 timings: setup setup-modern $(MODERN_KERNEL_SPEC)
-	$(PY) scripts/run_notebooks.py --timings --no-save lessons/[0-9][0-9]_*.ipynb
+	$(PY) scripts/run_notebooks.py --timings --no-save
 
 federation: setup-modern
-	$(MODERN_PY) -m fedutils.federation --clients $(CLIENTS) --rounds $(ROUNDS) --compare $(FEDERATION_ARGS)
+	$(MODERN_PY) -m fedutils.bridges.flower.launcher --clients $(CLIENTS) --rounds $(ROUNDS) --compare $(FEDERATION_ARGS)
 
 bench: setup
 	$(PY) benchmarks/bench_fedavg.py $(BENCH_ARGS)
@@ -126,11 +126,11 @@ guide: setup
 	$(PY) scripts/instructor_guide.py
 
 check: setup
-	$(PY) -m fedutils.check
+	$(PY) -m fedutils.course.check
 
 # Stops any TensorFlow Federated worker_binary helper left behind on this machine.
 clean-workers:
-	@$(PY) -m fedutils.workers
+	@$(PY) -m fedutils.course.tff_workers
 
 clean:
 	rm -rf $(VENV) $(MODERN_VENV) data/cache build .pytest_cache

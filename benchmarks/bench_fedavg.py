@@ -28,46 +28,25 @@ import os
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 from pathlib import Path
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
 ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "scripts"))
+from course import PeakMemory  # noqa: E402
 METHODS = ("keras_fit", "central", "fedutils", "tff")
-
-
-class PeakRSS(threading.Thread):
-    """Peak resident memory of this process and its children (TFF's worker), sampled."""
-
-    def __init__(self):
-        super().__init__(daemon=True)
-        import psutil
-
-        self.proc, self.peak, self.stop = psutil.Process(), 0, threading.Event()
-
-    def run(self):
-        while not self.stop.wait(0.05):
-            try:
-                rss = self.proc.memory_info().rss + sum(
-                    c.memory_info().rss for c in self.proc.children(recursive=True))
-                self.peak = max(self.peak, rss)
-            except Exception:
-                pass
 
 
 def setting(num_clients: int):
     import fedutils
-    from fedutils import data, models, partition
+    from fedutils import data, models
 
-    x, y = data.load_digits()
-    xtr, xte, ytr, yte = data.train_test_split(x, y, test_fraction=0.25, seed=0)
-    parts = partition.iid_partition(ytr, num_clients, seed=0)
-    datasets = data.make_client_datasets(xtr, ytr, parts, batch_size=20, seed=0)
+    split = data.federated_digits(num_clients, "iid", batch_size=20, seed=0)
     fedutils.set_seed(0)
     initial = models.create_digits_model().get_weights()
-    return (xtr, ytr), (xte, yte), datasets, initial
+    return (split.x_train, split.y_train), (split.x_test, split.y_test), split.clients, initial
 
 
 def run_method(method: str, num_clients: int, rounds: int) -> dict:
@@ -77,7 +56,7 @@ def run_method(method: str, num_clients: int, rounds: int) -> dict:
 
     from fedutils import fedavg, models
 
-    monitor = PeakRSS()
+    monitor = PeakMemory()
     monitor.start()
     started = time.perf_counter()
     train, test, datasets, initial = setting(num_clients)
@@ -88,10 +67,8 @@ def run_method(method: str, num_clients: int, rounds: int) -> dict:
         model.compile(optimizer=tf.keras.optimizers.SGD(0.1),
                       loss=tf.keras.losses.SparseCategoricalCrossentropy())
         # The examples in the clients' order, so each epoch sees what one FL round sees.
-        from fedutils.data import client_arrays
-
-        xs, ys, _ = zip(*(client_arrays(ds) for ds in datasets))
-        x_all, y_all = np.concatenate(xs), np.concatenate(ys)
+        x_all = np.concatenate([c.x for c in datasets])
+        y_all = np.concatenate([c.y for c in datasets])
         for _ in range(rounds):
             t = time.perf_counter()
             model.fit(x_all, y_all, batch_size=20, epochs=1, shuffle=False, verbose=0)
@@ -99,10 +76,10 @@ def run_method(method: str, num_clients: int, rounds: int) -> dict:
         weights = model.get_weights()
     elif method in ("central", "fedutils"):
         if method == "central":
-            from fedutils.data import make_client_datasets
+            from fedutils.data import make_client_data
 
             xtr, ytr = train
-            datasets = make_client_datasets(xtr, ytr, [np.arange(len(ytr))], batch_size=20)
+            datasets = make_client_data(xtr, ytr, [np.arange(len(ytr))], batch_size=20)
         history = fedavg.run_fedavg(model, datasets, rounds=rounds, initial_weights=initial,
                                     progress=False)
         seconds = history["seconds"]
@@ -111,6 +88,7 @@ def run_method(method: str, num_clients: int, rounds: int) -> dict:
         from fedutils import tff_bridge
 
         tff_bridge.import_tff()
+        datasets = [c.dataset() for c in datasets]
         spec = datasets[0].element_spec
         process = tff_bridge.build_fedavg(models.create_digits_model, spec, client_lr=0.1,
                                           server_lr=1.0)
@@ -124,7 +102,7 @@ def run_method(method: str, num_clients: int, rounds: int) -> dict:
         raise ValueError(f"method must be one of {METHODS}, got {method!r}")
     total = time.perf_counter() - started
     _, accuracy = fedavg.evaluate_weights(model, weights, *test)
-    monitor.stop.set()
+    monitor.done.set()
     steady = seconds[1:] if len(seconds) > 1 else seconds
     return {"method": method, "clients": num_clients, "rounds": rounds,
             "seconds_per_round": float(np.median(steady)), "first_round_seconds": seconds[0],
@@ -147,7 +125,7 @@ def in_subprocess(method: str, clients: int, rounds: int, timeout: float) -> dic
             return {"method": method, "clients": clients, "rounds": rounds,
                     "skipped": f"{type(exc).__name__}: {tail.strip().splitlines()[-1:] or ''}"}
         finally:
-            from fedutils.workers import stop_workers
+            from fedutils.course.tff_workers import stop_workers
 
             stop_workers(since=time.time() - timeout - 60)
 

@@ -1,21 +1,21 @@
 """fedutils: the tested helpers behind the course "Federated Learning with Python".
 
-One module per idea, each imported on its own so that `import fedutils` stays instant:
+The public API (what lessons import) is a set of small facade modules, each re-exporting one
+idea from fedutils' layers; `import fedutils` itself stays instant:
 
-- fedutils.data         the course's data sets (all offline) and per-client tf.data datasets
-- fedutils.partition    IID, shard and Dirichlet splits of a data set across clients
-- fedutils.models       the Keras models of the slides, runnable on Keras 2 and Keras 3
-- fedutils.fedavg       client update, server aggregation, the FedAvg loop
-- fedutils.privacy      clipping, Gaussian noise, DP-FedAvg, epsilon accounting, secure sums
-- fedutils.compression  top-k / random-k sparsification, quantization, error feedback, bytes
-- fedutils.evaluation   federated evaluation with per-client and aggregate metrics
-- fedutils.tff_bridge   the same model and data run through TensorFlow Federated, when present
-- fedutils.federation   the same model and client training as a real Flower federation of
-                        processes on this machine (lesson 15; current-TF environment only)
-- fedutils.interactive  sliders in live notebooks, a one-line note in headless runs
-- fedutils.capstone     the final exercise's fixed data split and its automatic checker
-- fedutils.workers      stops the helper process TFF leaves behind
-- fedutils.check        `python -m fedutils.check`: is this environment ready for the course?
+- fedutils.data               data sets (all offline), ClientData, the standard digits setting
+- fedutils.partition          IID, shard and Dirichlet splits of a data set across clients
+- fedutils.models             the Keras models of the slides, runnable on Keras 2 and Keras 3
+- fedutils.fedavg             client update, aggregation, the round loop (`run_fedavg`)
+- fedutils.server_optimizers  SGD (momentum), Adam, Yogi, Adagrad on the server, as TFF's
+- fedutils.evaluation         federated evaluation with per-client and aggregate metrics
+- fedutils.privacy            clipping, noise, DP-FedAvg, DP-SGD, epsilon, secure sums
+- fedutils.compression        top-k / random-k, quantization, error feedback, bytes
+- fedutils.robust             median, trimmed mean, Krum, norm bounding
+- fedutils.tff_bridge         the same model and data through TensorFlow Federated, if present
+
+The layers, imports only downward (docs/architecture.md): core → loop → techniques → bridges
+(tff, flower) → course (check, tff_workers, interactive, capstone).
 """
 from __future__ import annotations
 
@@ -39,9 +39,9 @@ def set_seed(seed: int = 0) -> None:
 
     Lessons call this in their setup cell so every number and plot is the same on every run.
     """
-    from fedutils._validate import check_int
+    from fedutils.core.checks import check_int
 
-    check_int("seed", seed, minimum=0)
+    check_int("seed", seed, minimum=0, maximum=2**32 - 1)
     import numpy as np
     import tensorflow as tf
 

@@ -20,20 +20,13 @@ from pathlib import Path
 import nbformat
 from nbconvert import HTMLExporter
 
-ROOT = Path(__file__).resolve().parent.parent
+from course import ROOT, lesson_paths, title_of
 REMOTE_SCRIPT = re.compile(r'<script[^>]+src="https?://[^"]*"[^>]*>\s*</script>\s*', re.I)
 REMOTE_LINK = re.compile(r'<link[^>]+href="https?://[^"]*"[^>]*>\s*', re.I)
 # Inline scripts that import from the internet (nbconvert's mermaid loader) and empty loaders.
 REMOTE_MODULE = re.compile(r'<script type="module">(?:(?!</script>).)*?https?://(?:(?!</script>).)*'
                            r'</script>\s*', re.S)
 EMPTY_SCRIPT = re.compile(r'<script src="">\s*</script>\s*')
-
-
-def title_of(nb) -> str:
-    for cell in nb.cells:
-        if cell.cell_type == "markdown" and cell.source.startswith("# "):
-            return cell.source.splitlines()[0][2:].strip()
-    return "Untitled"
 
 
 def render(path: Path, exporter: HTMLExporter) -> tuple[str, str]:
@@ -78,7 +71,7 @@ def main() -> int:
     exporter = HTMLExporter(template_name="lab")
     exporter.mathjax_url = ""
     entries = []
-    for path in sorted((ROOT / "lessons").glob("[0-9][0-9]_*.ipynb")):
+    for path in lesson_paths():
         title, body = render(path, exporter)
         (args.out / f"{path.stem}.html").write_text(body, encoding="utf-8")
         entries.append((path.stem, title))

@@ -21,7 +21,8 @@ from pathlib import Path
 
 import nbformat
 
-ROOT = Path(__file__).resolve().parent.parent
+from course import ROOT, lesson_paths, title_of
+
 GUIDE = ROOT / "docs" / "instructor_guide.md"
 DAY_START = 9 * 60          # 09:00
 BREAKS = [(10 * 60 + 30, 15, "Coffee break"), (12 * 60 + 30, 60, "Lunch"),
@@ -58,10 +59,9 @@ def build() -> str:
     timings_data = json.loads((ROOT / "lessons" / "timings.json").read_text())
     timings = {t["lesson"]: t["seconds"] for t in timings_data["lessons"]}
     titles = {}
-    for path in sorted((ROOT / "lessons").glob("[0-9][0-9]_*.ipynb")):
+    for path in lesson_paths():
         nb = nbformat.read(path, as_version=4)
-        titles[path.stem] = next(c.source.splitlines()[0][2:] for c in nb.cells
-                                 if c.cell_type == "markdown" and c.source.startswith("# "))
+        titles[path.stem] = title_of(nb)
     lessons = plan["lessons"]
     missing = set(titles) - {p["lesson"] for p in lessons}
     if missing:

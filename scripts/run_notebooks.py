@@ -15,7 +15,6 @@ import json
 import os
 import platform
 import sys
-import threading
 import time
 from pathlib import Path
 
@@ -23,43 +22,19 @@ import nbformat
 import psutil
 from nbclient import NotebookClient
 
-from fedutils.workers import stop_workers
+from fedutils.course.tff_workers import stop_workers
 
-ROOT = Path(__file__).resolve().parent.parent
-KERNEL = "fl-course"
-# A lesson saved with this kernel (15: Flower needs protobuf >= 5) runs in the current-TF
-# environment, whose kernel `make notebooks` registers beside the course's; it keeps that kernel
-# in its metadata so JupyterLab opens it with the right one.
-MODERN_KERNEL = {"name": "fl-course-modern",
-                 "display_name": "Python 3 (FL course, Keras 3 + Flower)", "language": "python"}
-
-
-class PeakMemory(threading.Thread):
-    """Samples the resident memory of the kernel process tree every 50 ms."""
-
-    def __init__(self, client: NotebookClient):
-        super().__init__(daemon=True)
-        self.client, self.peak, self.done = client, 0, threading.Event()
-
-    def run(self) -> None:
-        while not self.done.wait(0.05):
-            try:
-                pid = self.client.km.provisioner.process.pid  # type: ignore[union-attr]
-                proc = psutil.Process(pid)
-                rss = proc.memory_info().rss + sum(
-                    c.memory_info().rss for c in proc.children(recursive=True))
-                self.peak = max(self.peak, rss)
-            except Exception:
-                continue
-
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from course import (DEFAULT_KERNELSPEC, KERNEL, MODERN_KERNEL, ROOT, PeakMemory,  # noqa: E402
+                    is_modern, lesson_paths)
 
 def run(path: Path, save: bool, timeout: int, verbose: bool = False) -> dict:
     nb = nbformat.read(path, as_version=4)
-    modern = nb.metadata.get("kernelspec", {}).get("name") == MODERN_KERNEL["name"]
+    modern = is_modern(nb)
     client = NotebookClient(nb, timeout=timeout,
                             kernel_name=MODERN_KERNEL["name"] if modern else KERNEL,
                             resources={"metadata": {"path": str(path.parent)}})
-    monitor = PeakMemory(client)
+    monitor = PeakMemory(lambda: client.km.provisioner.process.pid)
     started = time.perf_counter()
     with client.setup_kernel():
         monitor.start()
@@ -72,8 +47,7 @@ def run(path: Path, save: bool, timeout: int, verbose: bool = False) -> dict:
     seconds = time.perf_counter() - started
     monitor.done.set()
     stop_workers(run_id=os.environ["FEDUTILS_RUN_ID"])
-    nb.metadata["kernelspec"] = MODERN_KERNEL if modern else {
-        "name": "python3", "display_name": "Python 3 (ipykernel)", "language": "python"}
+    nb.metadata["kernelspec"] = MODERN_KERNEL if modern else DEFAULT_KERNELSPEC
     if save:
         nbformat.write(nb, path)
     return {"lesson": path.stem, "seconds": round(seconds, 1),
@@ -95,7 +69,8 @@ def write_timings(results: list[dict]) -> None:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("notebooks", nargs="+", type=Path)
+    parser.add_argument("notebooks", nargs="*", type=Path,
+                        help="lessons to run (default: every lesson, in order)")
     parser.add_argument("--timings", action="store_true", help="write lessons/TIMINGS.md")
     parser.add_argument("--no-save", action="store_true", help="do not write outputs back")
     parser.add_argument("--timeout", type=int, default=600, help="seconds per cell")
@@ -104,7 +79,7 @@ def main() -> int:
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
     os.environ.setdefault("FEDUTILS_RUN_ID", f"notebooks-{os.getpid()}-{time.time():.0f}")
     results = []
-    for path in sorted(args.notebooks):
+    for path in sorted(args.notebooks) or lesson_paths():
         result = run(path, save=not args.no_save, timeout=args.timeout, verbose=args.verbose)
         print(f"{result['lesson']:<32} {result['seconds']:6.1f} s  "
               f"{result['peak_memory_mb']:5d} MB", flush=True)

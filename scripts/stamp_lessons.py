@@ -22,9 +22,8 @@ from pathlib import Path
 
 import nbformat
 
-ROOT = Path(__file__).resolve().parent.parent
-LESSONS = ROOT / "lessons"
-TAG = "course-stamp"
+from course import ROOT, is_modern, lesson_paths, title_of
+from course import STAMP_TAG as TAG
 
 
 def repository() -> str:
@@ -34,15 +33,6 @@ def repository() -> str:
     if not match:
         raise SystemExit("pyproject.toml needs [project.urls] Repository = \"https://github.com/…\"")
     return match.group(1)
-
-
-def title_of(nb: nbformat.NotebookNode) -> str:
-    for cell in nb.cells:
-        if cell.cell_type == "markdown" and TAG not in cell.metadata.get("tags", []):
-            first = cell.source.splitlines()[0] if cell.source else ""
-            if first.startswith("# "):
-                return first[2:].strip()
-    raise SystemExit("a lesson needs a title cell '# NN · Title'")
 
 
 def link(path: Path, title: str) -> str:
@@ -94,7 +84,7 @@ def stamped(nb: nbformat.NotebookNode, repo: str, path: Path, prev, nxt) -> nbfo
 
     title_index = next(i for i, c in enumerate(cells) if c.cell_type == "markdown")
     # A lesson saved with the current-TF kernel (15) needs Flower on Colab too.
-    modern = nb.metadata.get("kernelspec", {}).get("name") == "fl-course-modern"
+    modern = is_modern(nb)
     cells.insert(title_index + 1, make("code", "colab",
                                        colab_cell(repo, "colab,flower" if modern else "colab")))
     cells.insert(0, make("markdown", "header", header(repo, path, prev, nxt)))
@@ -108,7 +98,7 @@ def main() -> int:
     parser.add_argument("--check", action="store_true", help="report, do not write")
     args = parser.parse_args()
     repo = repository()
-    paths = sorted(LESSONS.glob("[0-9][0-9]_*.ipynb"))
+    paths = lesson_paths()
     notebooks = [nbformat.read(p, as_version=4) for p in paths]
     titles = [(p, title_of(nb)) for p, nb in zip(paths, notebooks)]
     stale = []

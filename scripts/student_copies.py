@@ -14,7 +14,7 @@ from pathlib import Path
 
 import nbformat
 
-ROOT = Path(__file__).resolve().parent.parent
+from course import ROOT, lesson_paths
 PLACEHOLDER = "# Your solution here: the next cell checks it.\n"
 
 
@@ -44,7 +44,7 @@ def main() -> int:
     parser.add_argument("--out", type=Path, default=ROOT / "build" / "student")
     args = parser.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
-    lessons = sorted((ROOT / "lessons").glob("[0-9][0-9]_*.ipynb"))
+    lessons = lesson_paths()
     for path in lessons:
         nb = student_copy(nbformat.read(path, as_version=4))
         nbformat.write(nb, args.out / path.name)

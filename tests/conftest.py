@@ -22,7 +22,7 @@ def digits_split():
 @pytest.fixture
 def run_script(tmp_path):
     """Run scripts/<name> with this interpreter and return (exit code, its output). Output goes
-    to a file, not a pipe: see fedutils.workers."""
+    to a file, not a pipe: see fedutils.course.tff_workers."""
     def run(name: str, *args: str) -> tuple[int, str]:
         log = tmp_path / f"{name}.log"
         with open(log, "w") as out:

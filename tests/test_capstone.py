@@ -1,4 +1,4 @@
-"""fedutils.capstone: the fixed split, and a checker that passes a good run, fails a plain one
+"""fedutils.course.capstone: the fixed split, and a checker that passes a good run, fails a plain one
 and rejects what it cannot measure."""
 import math
 from types import SimpleNamespace
@@ -6,34 +6,36 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 
-from fedutils import capstone, compression, fedavg, models, privacy
+from fedutils import compression, fedavg, models, privacy
+from fedutils.course import capstone
 
 REFERENCE = {"rounds": 60, "clients_per_round": 20, "local_epochs": 5, "client_lr": 0.2,
              "clip_norm": 0.5, "noise_multiplier": 1.2, "topk_ratio": 0.1}
 
 
-class ReferenceAggregator:
+class ReferenceAggregator(fedavg.Aggregator):
     """Clip, top-k with error feedback, clip again; Gaussian noise on the sum; divide by m."""
 
     def __init__(self, clip_norm, noise_multiplier, expected_clients, ratio):
         self.c, self.z, self.m, self.ratio = clip_norm, noise_multiplier, expected_clients, ratio
-        self.feedback = compression.ErrorFeedback()
-        self.last_upload_bytes = None
 
-    def __call__(self, updates, num_examples, client_ids, rng):
+    def initialize(self):
+        return compression.ErrorFeedback()
+
+    def aggregate(self, updates, num_examples, client_ids, rng, state=None):
         squeeze = lambda v: privacy.clip_update(compression.top_k_sparsify(v, self.ratio), self.c)
-        sent = [self.feedback.compress(i, privacy.clip_update(u, self.c), squeeze)
+        sent = [state.compress(i, privacy.clip_update(u, self.c), squeeze)
                 for i, u in zip(client_ids, updates)]
         total = [np.sum(layer, axis=0, dtype=np.float64) for layer in zip(*sent)]
         noisy = privacy.add_gaussian_noise(total, self.z * self.c, rng)
-        self.last_upload_bytes = sum(compression.payload_bytes(s, "sparse", ratio=self.ratio)
-                                     for s in sent)
-        return [(t / self.m).astype(np.float32) for t in noisy]
+        upload = sum(compression.payload_bytes(s, "sparse", ratio=self.ratio) for s in sent)
+        return fedavg.Aggregate([(t / self.m).astype(np.float32) for t in noisy],
+                                {"upload_bytes": upload}, state)
 
 
 def run(config, aggregator=None, rounds=None):
     data = capstone.load_capstone_data()
-    return fedavg.run_fedavg(models.create_digits_model, data.client_datasets,
+    return fedavg.run_fedavg(models.create_digits_model, data.clients,
                              rounds=rounds or config["rounds"],
                              clients_per_round=config["clients_per_round"],
                              local_epochs=config["local_epochs"], client_lr=config["client_lr"],
@@ -57,7 +59,7 @@ def fake_history(rounds, selected=20, upload=1000, weights=None):
 def test_the_split_is_fixed_and_the_test_set_never_moves():
     a, b, other = (capstone.load_capstone_data(0), capstone.load_capstone_data(0),
                    capstone.load_capstone_data(1))
-    assert len(a.client_datasets) == len(a.partitions) == capstone.NUM_CLIENTS
+    assert len(a.clients) == len(a.partitions) == capstone.NUM_CLIENTS
     assert all(np.array_equal(p, q) for p, q in zip(a.partitions, b.partitions))
     assert not all(np.array_equal(p, q) for p, q in zip(a.partitions, other.partitions))
     np.testing.assert_array_equal(a.x_test, other.x_test)

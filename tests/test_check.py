@@ -1,7 +1,7 @@
 import re
 from pathlib import Path
 
-from fedutils import check
+from fedutils.course import check
 
 ROOT = Path(__file__).resolve().parent.parent
 

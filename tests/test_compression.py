@@ -193,7 +193,7 @@ def digits_clients():
 def run(clients, initial, aggregator, rounds=2):
     return fedavg.run_fedavg(models.create_digits_model, clients, rounds=rounds,
                              aggregator=aggregator, initial_weights=initial,
-                             progress=False, fast=True)
+                             progress=False)
 
 
 @pytest.mark.parametrize("kwargs, per_client", [
@@ -205,9 +205,21 @@ def test_compression_aggregator_runs_inside_run_fedavg(digits_clients, kwargs, p
     agg = compression.CompressionAggregator(**kwargs)
     history = run(*digits_clients, agg)
     assert history["upload_bytes"] == [5 * per_client] * 2
-    assert agg.dense_upload_bytes == 5 * 19240
-    assert len(agg.feedback.residuals) == 5
+    assert history["dense_upload_bytes"] == [5 * 19240] * 2
+    assert history["download_bytes"] == [5 * 19240] * 2
     assert all(np.isfinite(w).all() for w in history.final_weights)
+
+
+def test_error_feedback_starts_fresh_in_every_run(digits_clients):
+    """The residuals are the aggregator's state, made anew by each run: running the same
+    aggregator twice gives the same numbers (re-running a lesson's cell changes nothing)."""
+    agg = compression.CompressionAggregator("top_k", ratio=0.01)
+    first, second = run(*digits_clients, agg), run(*digits_clients, agg)
+    for a, b in zip(first.final_weights, second.final_weights):
+        np.testing.assert_array_equal(a, b)
+    state = agg.initialize()
+    out = agg.aggregate([[np.ones(4)]], np.ones(1), [7], np.random.default_rng(0), state)
+    assert out.state is state and len(state.residuals) == 1 and not agg.initialize().residuals
 
 
 def test_lossless_compression_without_feedback_is_fedavg(digits_clients):
@@ -223,9 +235,11 @@ def test_compression_aggregator_averages_weighted_by_examples():
     a = [np.array([1.0, 0.0, 0.0, 0.0])]
     b = [np.array([0.0, 0.0, 0.0, 4.0])]
     agg = compression.CompressionAggregator("top_k", ratio=0.25, error_feedback=True)
-    out = agg([a, b], np.array([3, 1]), [0, 1], np.random.default_rng(0))
-    np.testing.assert_allclose(out[0], [0.75, 0.0, 0.0, 1.0])
-    assert agg.last_upload_bytes == 2 * (4 + 1)   # one float32 and a 1-byte index each
+    out = agg.aggregate([a, b], np.array([3, 1]), [0, 1], np.random.default_rng(0),
+                        agg.initialize())
+    np.testing.assert_allclose(out.delta[0], [0.75, 0.0, 0.0, 1.0])
+    assert out.measurements["upload_bytes"] == 2 * (4 + 1)   # one float32 and a 1-byte index
+    np.testing.assert_allclose(agg([a, b], np.array([3, 1]))[0], [0.75, 0.0, 0.0, 1.0])
 
 
 # --- bad input ------------------------------------------------------------------------------

@@ -108,12 +108,28 @@ def test_shakespeare_offline_clients(tmp_path, monkeypatch):
         data.load_shakespeare(min_chars=-1)
 
 
-def test_client_arrays_shortcut_equals_iterating_the_dataset():
+def test_client_data_and_its_dataset_hold_the_same_batches():
     x, y = data.load_digits()
+    client = data.make_client_data(x, y, [np.arange(0, 47)], batch_size=20, seed=4)[0]
     ds = data.make_client_datasets(x, y, [np.arange(0, 47)], batch_size=20, seed=4)[0]
-    fast_x, fast_y, sizes = data.client_arrays(ds)
-    plain = ds.map(lambda b: b)  # a derived dataset carries no shortcut: it is iterated
-    slow_x, slow_y, slow_sizes = data.client_arrays(plain)
-    np.testing.assert_array_equal(fast_x, slow_x)
-    np.testing.assert_array_equal(fast_y, slow_y)
-    assert sizes == slow_sizes == [20, 20, 7]
+    assert client.batch_sizes == [20, 20, 7] and len(client) == 47
+    for (bx, by), batch in zip(client.batches(), ds):
+        np.testing.assert_array_equal(bx, batch["x"].numpy())
+        np.testing.assert_array_equal(by, batch["y"].numpy())
+    read = data.as_client_data([ds, client.dataset().map(lambda b: b)])
+    for other in read:
+        np.testing.assert_array_equal(other.x, client.x)
+        np.testing.assert_array_equal(other.y, client.y)
+        assert other.batch_size == 20
+
+
+def test_federated_digits_is_the_course_setting():
+    split = data.federated_digits(10, "dirichlet", alpha=0.5, seed=1)
+    assert len(split.clients) == 10 and len(split.y_test) == 450
+    assert sum(len(c) for c in split.clients) == len(split.y_train) == 1347
+    again = data.federated_digits(10, "iid", seed=3)
+    np.testing.assert_array_equal(split.x_test, again.x_test)   # one test set everywhere
+    with pytest.raises(ValueError, match="alpha"):
+        data.federated_digits(10, "dirichlet")
+    with pytest.raises(ValueError, match="partition"):
+        data.federated_digits(10, "random")

@@ -1,4 +1,4 @@
-"""fedutils.federation: the course's Flower app run as real processes (one SuperLink, three
+"""fedutils.bridges.flower.launcher: the course's Flower app run as real processes (one SuperLink, three
 SuperNodes, gRPC over loopback) must reproduce fedutils.run_fedavg, survive a client killed
 mid-round, and leave no process behind.
 
@@ -42,12 +42,12 @@ def test_run_federation_rejects_bad_arguments_before_starting_anything(kwargs, e
 def test_federation_data_is_the_same_split_for_every_party():
     clients, (x_test, y_test) = federation.federation_data(3, seed=0)
     again, _ = federation.federation_data.__wrapped__(3, seed=0)
-    sizes = [len(c._fedutils_arrays[1]) for c in clients]
-    assert sizes == [len(c._fedutils_arrays[1]) for c in again]
+    sizes = [len(c) for c in clients]
+    assert sizes == [len(c) for c in again]
     assert sum(sizes) + len(y_test) == 1797          # all of digits, each example once
     assert len(set(sizes)) == 3                       # unequal: the weighting matters
     for a, b in zip(clients, again):
-        np.testing.assert_array_equal(a._fedutils_arrays[0], b._fedutils_arrays[0])
+        np.testing.assert_array_equal(a.x, b.x)
     with pytest.raises(ValueError, match="num_clients"):
         federation.federation_data(0)
 

@@ -1,6 +1,6 @@
 import pytest
 
-from fedutils import interactive
+from fedutils.course import interactive
 
 
 def test_headless_runs_print_a_note_instead_of_widgets(monkeypatch, capsys):

@@ -55,7 +55,7 @@ def test_lesson_tff_loop_trains_the_same_model_as_run_fedavg():
     state, records, first_metrics = ns["tff_fedavg_loop"](process, datasets, initial, 2,
                                                           x_test, y_test)
     ours = fedavg.run_fedavg(models.create_digits_model, datasets, rounds=2, client_lr=0.1,
-                             server_lr=1.0, initial_weights=initial,
+                             initial_weights=initial,
                              eval_data=(x_test, y_test), progress=False)
     theirs = list(process.get_model_weights(state).trainable)
     diff = max(float(np.max(np.abs(a - b))) for a, b in zip(theirs, ours.final_weights))

@@ -138,8 +138,9 @@ def test_dp_fedavg_over_one_example_clients_is_one_dp_sgd_step(digits):
         new = fedavg.client_update(plain, ds, learning_rate=lr).weights
         updates.append([n - s for n, s in zip(new, start)])
     aggregator = privacy.DPFedAvgAggregator(lr * clip, 0.0, expected_clients=batch)
-    mean = aggregator(updates, rng=0)
-    assert aggregator.last_clipped_fraction > 0          # the clip is exercised
+    result = aggregator.aggregate(updates, None, list(range(batch)), np.random.default_rng(0))
+    mean = result.delta
+    assert result.measurements["clipped_fraction"] > 0   # the clip is exercised
     for a, s, d in zip(tf_privacy_step, start, mean):
         np.testing.assert_allclose(a, s + d, rtol=0, atol=2e-6)
 

@@ -11,7 +11,8 @@ import pytest
 
 matplotlib.use("Agg")
 
-from fedutils import capstone, compression, privacy  # noqa: E402
+from fedutils import compression, privacy  # noqa: E402
+from fedutils.course import capstone  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 LESSON = ROOT / "lessons" / "14_resources.ipynb"
@@ -87,13 +88,17 @@ def test_without_compression_the_lesson_aggregator_is_dp_fedavg(ns):
 def test_without_clipping_or_noise_it_is_the_compression_aggregator(ns):
     ours = ns["PrivateCompressedAggregator"](1e9, 0.0, 3, ratio=0.05)
     reference = compression.CompressionAggregator("top_k", ratio=0.05, error_feedback=True)
+    ours_state, reference_state = ours.initialize(), reference.initialize()
     for r in range(3):  # several rounds: the residuals must evolve the same way
         updates = random_updates(3, seed=10 + r)
-        got = ours(updates, np.full(3, 12), [5, 6, 7], np.random.default_rng(r))
-        want = reference(updates, np.full(3, 12), [5, 6, 7], np.random.default_rng(r))
-        for a, b in zip(got, want):
+        got = ours.aggregate(updates, np.full(3, 12), [5, 6, 7], np.random.default_rng(r),
+                             ours_state)
+        want = reference.aggregate(updates, np.full(3, 12), [5, 6, 7],
+                                   np.random.default_rng(r), reference_state)
+        ours_state, reference_state = got.state, want.state
+        for a, b in zip(got.delta, want.delta):
             np.testing.assert_allclose(a, b, atol=1e-7)
-        assert ours.last_upload_bytes == reference.last_upload_bytes
+        assert got.measurements["upload_bytes"] == want.measurements["upload_bytes"]
 
 
 def test_every_contribution_stays_within_the_clip_norm(ns):
@@ -101,8 +106,11 @@ def test_every_contribution_stays_within_the_clip_norm(ns):
     with noise off and m = 1 the aggregate is exactly what the client sent."""
     ours = ns["PrivateCompressedAggregator"](0.5, 0.0, 1, ratio=0.1)
     update = random_updates(1, seed=0)[0]
-    norms = [privacy.update_norm(ours([update], np.ones(1), [0], np.random.default_rng(0)))
-             for _ in range(10)]
+    state, norms = ours.initialize(), []
+    for _ in range(10):
+        out = ours.aggregate([update], np.ones(1), [0], np.random.default_rng(0), state)
+        state = out.state
+        norms.append(privacy.update_norm(out.delta))
     assert max(norms) <= 0.5 * (1 + 1e-6)
     assert max(norms) > 0.45  # error feedback has filled it up to the bound
 

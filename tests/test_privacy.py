@@ -68,11 +68,11 @@ def test_dp_fedavg_noise_on_the_mean_is_z_c_over_m(expected_clients, m):
     agg = privacy.DPFedAvgAggregator(clip_norm=2.0, noise_multiplier=1.5,
                                      expected_clients=expected_clients)
     updates = [[np.zeros((300, 400), np.float32)] for _ in range(3)]  # clipped sum is 0
-    mean = agg(updates, np.array([10, 20, 30]), [0, 1, 2], np.random.default_rng(0))
+    out = agg.aggregate(updates, np.array([10, 20, 30]), [0, 1, 2], np.random.default_rng(0))
     theory = 1.5 * 2.0 / m
-    assert agg.last_noise_stddev == pytest.approx(theory)
-    assert abs(mean[0].std() / theory - 1) < 0.02
-    assert agg.last_upload_bytes == 3 * 300 * 400 * 4
+    assert out.measurements["noise_stddev"] == pytest.approx(theory)
+    assert abs(out.delta[0].std() / theory - 1) < 0.02
+    assert out.measurements["upload_bytes"] == 3 * 300 * 400 * 4
 
 
 def test_dp_fedavg_without_noise_and_with_a_huge_clip_is_the_unweighted_mean():
@@ -80,12 +80,13 @@ def test_dp_fedavg_without_noise_and_with_a_huge_clip_is_the_unweighted_mean():
     updates = [random_update(rng) for _ in range(4)]
     counts = np.array([5, 50, 500, 5000])
     agg = privacy.DPFedAvgAggregator(clip_norm=1e9, noise_multiplier=0.0)
-    out = agg(updates, counts, [0, 1, 2, 3], rng)
+    result = agg.aggregate(updates, counts, [0, 1, 2, 3], rng)
+    out = result.delta
     for ours, plain in zip(out, fedavg.server_aggregate(updates)):
         np.testing.assert_allclose(ours, plain, rtol=1e-6, atol=1e-7)
     weighted = fedavg.server_aggregate(updates, counts)
     assert not np.allclose(out[0], weighted[0], atol=1e-3)  # every client counts once
-    assert agg.last_clipped_fraction == 0.0
+    assert result.measurements["clipped_fraction"] == 0.0
 
 
 def test_dp_fedavg_clips_each_client_before_averaging():
@@ -93,11 +94,12 @@ def test_dp_fedavg_clips_each_client_before_averaging():
     updates = [[u * s for u in random_update(rng)] for s in (0.01, 0.01, 10.0, 10.0)]
     clip = 1.0
     agg = privacy.DPFedAvgAggregator(clip_norm=clip, noise_multiplier=0.0)
-    out = agg(updates, np.ones(4), [0, 1, 2, 3], rng)
+    result = agg.aggregate(updates, np.ones(4), [0, 1, 2, 3], rng)
+    out = result.delta
     expected = fedavg.server_aggregate([privacy.clip_update(u, clip) for u in updates])
     for ours, ref in zip(out, expected):
         np.testing.assert_allclose(ours, ref, rtol=1e-6, atol=1e-7)
-    assert agg.last_clipped_fraction == 0.5
+    assert result.measurements["clipped_fraction"] == 0.5
     assert privacy.update_norm(out) <= clip  # the mean of vectors in a ball stays in it
 
 
@@ -115,10 +117,10 @@ def test_dp_fedavg_runs_inside_run_fedavg(digits_clients):
     agg = privacy.DPFedAvgAggregator(clip_norm=0.5, noise_multiplier=1.0)
     history = fedavg.run_fedavg(models.create_digits_model, clients, rounds=2,
                                 aggregator=agg, initial_weights=initial, eval_data=eval_data,
-                                progress=False, fast=True)
+                                progress=False)
     assert history["upload_bytes"] == [5 * 4810 * 4] * 2
-    assert 0.0 <= agg.last_clipped_fraction <= 1.0
-    assert agg.last_noise_stddev == pytest.approx(1.0 * 0.5 / 5)
+    assert all(0.0 <= f <= 1.0 for f in history["clipped_fraction"])
+    assert history["noise_stddev"] == [pytest.approx(1.0 * 0.5 / 5)] * 2
     assert all(np.isfinite(w).all() for w in history.final_weights)
 
 
@@ -128,7 +130,7 @@ def test_dp_fedavg_without_noise_matches_unweighted_fedavg_in_run_fedavg(digits_
     def unweighted(updates, num_examples, client_ids, rng):
         return fedavg.server_aggregate(updates)
 
-    common = dict(rounds=2, initial_weights=initial, progress=False, fast=True)
+    common = dict(rounds=2, initial_weights=initial, progress=False)
     dp = fedavg.run_fedavg(models.create_digits_model, clients, aggregator=privacy.
                            DPFedAvgAggregator(clip_norm=1e6, noise_multiplier=0.0), **common)
     plain = fedavg.run_fedavg(models.create_digits_model, clients, aggregator=unweighted,

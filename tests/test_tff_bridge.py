@@ -14,7 +14,8 @@ import numpy as np
 import pytest
 
 import fedutils
-from fedutils import data, fedavg, partition, tff_bridge, workers
+from fedutils import data, fedavg, partition, tff_bridge
+from fedutils.course import tff_workers as workers
 from fedutils.evaluation import federated_evaluate
 from fedutils.models import create_digits_model
 
@@ -67,11 +68,19 @@ def tff_round(process, weights, datasets):
     return tff_bridge.get_weights(process, process.next(state, datasets).state)
 
 
-def fedutils_round(datasets, weights, fast, **kwargs):
-    history = fedavg.run_fedavg(create_digits_model, datasets, rounds=1, client_lr=0.1,
-                                server_lr=1.0, initial_weights=weights, progress=False,
-                                fast=fast, **kwargs)
-    return history.final_weights
+def fedutils_round(datasets, weights, path, local_epochs=1):
+    """One round by run_fedavg (compiled client work) or by the readable client_update."""
+    if path == "run_fedavg":
+        return fedavg.run_fedavg(create_digits_model, datasets, rounds=1, client_lr=0.1,
+                                 initial_weights=weights, progress=False,
+                                 local_epochs=local_epochs).final_weights
+    model = create_digits_model()
+    results = []
+    for ds in datasets:
+        model.set_weights(weights)
+        results.append(fedavg.client_update(model, ds, local_epochs, 0.1))
+    return fedavg.server_aggregate([r.weights for r in results],
+                                   [r.num_examples for r in results])
 
 
 @pytest.fixture(scope="module")
@@ -80,11 +89,11 @@ def tff_one_round(fedavg_process, initial_weights, clients):
 
 
 @needs_tff
-@pytest.mark.parametrize("fast", [True, False])
-def test_one_round_equals_tff_weighted_fed_avg(clients, initial_weights, tff_one_round, fast):
-    ours = fedutils_round(clients, initial_weights, fast)
+@pytest.mark.parametrize("path", ["run_fedavg", "client_update"])
+def test_one_round_equals_tff_weighted_fed_avg(clients, initial_weights, tff_one_round, path):
+    ours = fedutils_round(clients, initial_weights, path)
     diff = max_diff(ours, tff_one_round)
-    print(f"one round, fast={fast}: max |fedutils - TFF| = {diff:.2e}")
+    print(f"one round, {path}: max |fedutils - TFF| = {diff:.2e}")
     assert diff < TOL
     assert max_diff(ours, initial_weights) > 1e-2  # the round did move the model
 
@@ -121,13 +130,13 @@ def test_weighted_and_unweighted_fed_avg(spec, clients, initial_weights, tff_one
 
 
 @needs_tff
-@pytest.mark.parametrize("fast", [True, False])
+@pytest.mark.parametrize("path", ["run_fedavg", "client_update"])
 def test_two_local_epochs_equal_tff_on_repeated_datasets(fedavg_process, clients,
-                                                         initial_weights, fast):
+                                                         initial_weights, path):
     theirs = tff_round(fedavg_process, initial_weights, [ds.repeat(2) for ds in clients])
-    ours = fedutils_round(clients, initial_weights, fast, local_epochs=2)
+    ours = fedutils_round(clients, initial_weights, path, local_epochs=2)
     diff = max_diff(ours, theirs)
-    print(f"two local epochs, fast={fast}: max |fedutils - TFF| = {diff:.2e}")
+    print(f"two local epochs, {path}: max |fedutils - TFF| = {diff:.2e}")
     assert diff < TOL
 
 
@@ -221,7 +230,7 @@ def test_import_tff_stops_the_worker_when_the_script_exits(tmp_path):
     script.write_text(
         "import json, os, sys\n"
         "import tensorflow as tf\n"
-        "from fedutils import tff_bridge, workers\n"
+        "from fedutils import tff_bridge\nfrom fedutils.course import tff_workers as workers\n"
         "tff = tff_bridge.import_tff()\n"
         "one = tff.tensorflow.computation(lambda: tf.constant(1))\n"
         "assert one() == 1\n"

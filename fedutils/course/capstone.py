@@ -20,7 +20,8 @@ from typing import Any, Mapping
 
 import numpy as np
 
-from fedutils._validate import check_float, check_int, check_weights
+from fedutils.core.checks import check_float, check_int, check_weights
+from fedutils.core.clientdata import FederatedDigits, federated_digits
 
 NUM_CLIENTS = 100
 ALPHA = 0.5
@@ -30,37 +31,15 @@ TEST_FRACTION = 0.25
 TARGETS = {"accuracy": 0.80, "epsilon": 8.0, "upload_fraction": 0.20}
 
 
-@dataclass
-class CapstoneData:
-    """The capstone's fixed split: one tf.data dataset per client, and the held-out test set."""
-    client_datasets: list
-    partitions: list
-    x_train: np.ndarray
-    y_train: np.ndarray
-    x_test: np.ndarray
-    y_test: np.ndarray
-
-
-def load_capstone_data(seed: int = 0, batch_size: int = 10) -> CapstoneData:
-    """Digits split into train and test (always the same test set), the training examples
-    spread over `NUM_CLIENTS` clients with Dirichlet(`ALPHA`) label skew drawn with `seed`, and
-    batched by `batch_size`. Seed 0 is the official split everyone reports on."""
-    from fedutils import data, partition
-
+def load_capstone_data(seed: int = 0, batch_size: int = 10) -> FederatedDigits:
+    """The course's digits setting (`fedutils.data.federated_digits`: always the same test
+    set) with the training examples spread over `NUM_CLIENTS` clients with Dirichlet(`ALPHA`)
+    label skew drawn with `seed`, batched by `batch_size`. Seed 0 is the official split
+    everyone reports on."""
     seed = check_int("seed", seed, minimum=0)
     batch_size = check_int("batch_size", batch_size, minimum=1)
-    x_train, x_test, y_train, y_test = _train_test()
-    parts = partition.dirichlet_partition(y_train, NUM_CLIENTS, ALPHA, seed=seed)
-    datasets = data.make_client_datasets(x_train, y_train, parts, batch_size, seed=seed)
-    return CapstoneData(datasets, parts, x_train, y_train, x_test, y_test)
-
-
-def _train_test() -> tuple:
-    """The fixed stratified split of the digits: (x_train, x_test, y_train, y_test)."""
-    from fedutils import data
-
-    x, y = data.load_digits()
-    return data.train_test_split(x, y, TEST_FRACTION, seed=0)
+    return federated_digits(NUM_CLIENTS, "dirichlet", alpha=ALPHA, batch_size=batch_size,
+                            seed=seed, test_fraction=TEST_FRACTION)
 
 
 @dataclass
@@ -94,18 +73,20 @@ def check_capstone(history: Any, config: Any, verbose: bool = True) -> CapstoneR
     Epsilon is computed by `fedutils.privacy.compute_epsilon` with sample rate
     clients_per_round / NUM_CLIENTS and one step per round, at `DELTA`.
     """
-    from fedutils import fedavg, models, privacy
-    from fedutils.compression import payload_bytes
+    from fedutils.core.models import create_digits_model
+    from fedutils.loop.evaluation import evaluate_weights
+    from fedutils.techniques.accounting import compute_epsilon
+    from fedutils.techniques.compression import payload_bytes
 
     z, per_round = _check_config(config)
     rounds = _check_history(history, per_round)
-    model = models.create_digits_model()
+    model = create_digits_model()
     weights = check_weights("history.final_weights", history.final_weights,
                             like=model.get_weights())
-    _, x_test, _, y_test = _train_test()
-    _, accuracy = fedavg.evaluate_weights(model, weights, x_test, y_test)
+    split = load_capstone_data()
+    _, accuracy = evaluate_weights(model, weights, split.x_test, split.y_test)
     q = per_round / NUM_CLIENTS
-    epsilon = privacy.compute_epsilon(z, q, rounds, DELTA) if z > 0 else math.inf
+    epsilon = compute_epsilon(z, q, rounds, DELTA) if z > 0 else math.inf
     dense = sum(history["num_clients"]) * payload_bytes(weights, "dense")
     sent = sum(history["upload_bytes"])
     fraction = sent / dense if dense else math.inf
@@ -115,7 +96,7 @@ def check_capstone(history: Any, config: Any, verbose: bool = True) -> CapstoneR
          f"rounds run: {rounds} <= {MAX_ROUNDS}")
     _add(report, "accuracy", accuracy, TARGETS["accuracy"], accuracy >= TARGETS["accuracy"],
          f"test accuracy: {accuracy:.3f} >= {TARGETS['accuracy']:.2f} "
-         f"({len(y_test)} held-out digits)")
+         f"({len(split.y_test)} held-out digits)")
     _add(report, "epsilon", epsilon, TARGETS["epsilon"], epsilon <= TARGETS["epsilon"],
          f"user-level epsilon: {epsilon:.2f} <= {TARGETS['epsilon']:g} at delta={DELTA:g} "
          f"(z={z:g}, q={q:g}, {rounds} rounds)")
@@ -147,7 +128,7 @@ def _check_config(config: Any) -> tuple[float, int]:
 
 
 def _check_history(history: Any, per_round: int) -> int:
-    from fedutils.fedavg import History
+    from fedutils.loop.fedavg import History
 
     if not isinstance(history, History):
         raise TypeError("history must be the History that fedutils.fedavg.run_fedavg returns, "

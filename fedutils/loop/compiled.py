@@ -1,53 +1,47 @@
-"""The fast path of `run_fedavg`: a whole round of client training in one compiled graph.
+"""The compiled client work of `run_fedavg`: a whole round of client training in one graph.
 
 Simulated FedAvg does the same arithmetic as centralized training; what makes simulators slow is
 per-client overhead in Python (building optimizers, iterating datasets, one `fit` call per
 client). Here every client's examples are laid out once, back to back, in one tensor; a round is
 a single `tf.function` call that, for each chosen client, resets the model's variables to the
-global weights, runs the same SGD steps as `fedavg.client_update` on slices of that tensor, and
-stacks the resulting weights. Python runs once per round, not once per batch.
+global weights, runs `fedutils.loop.client.sgd_step` (the step `client_update` runs) on slices
+of that tensor, and stacks the resulting weights. Python runs once per round, not per batch.
 """
 from __future__ import annotations
 
-from typing import Any, Sequence
+from typing import Sequence
 
 import numpy as np
 import tensorflow as tf
 
-from fedutils.data import client_arrays
-from fedutils.fedavg import per_example_loss
+from fedutils.core.clientdata import ClientData
+from fedutils.loop.client import sgd_step
 
 
-class FastRound:
-    """Compiled FedAvg round for one model and one fixed set of client datasets."""
+class CompiledClients:
+    """Compiled client training for one model and one fixed list of clients."""
 
-    def __init__(self, model: tf.keras.Model, client_datasets: Sequence[Any], epochs: int,
+    def __init__(self, model: tf.keras.Model, clients: Sequence[ClientData], epochs: int,
                  learning_rate: float, proximal_mu: float):
         self.model = model
-        xs, ys, batch_rows = [], [], []
-        for ds in client_datasets:  # the datasets' own batches, in their own order
-            x, y, sizes = client_arrays(ds)
-            xs.append(x)
-            ys.append(y)
-            batch_rows.append(sizes)
-        self.x = tf.constant(np.concatenate(xs))
-        self.y = tf.constant(np.concatenate(ys))
+        self.x = tf.constant(np.concatenate([c.x for c in clients]))
+        self.y = tf.constant(np.concatenate([c.y for c in clients]))
         # Batch table: row offset and size of every batch, and each client's first batch.
-        sizes = np.concatenate([np.asarray(s) for s in batch_rows])
+        sizes = np.concatenate([c.batch_sizes for c in clients])
         self.batch_offset = tf.constant(np.concatenate([[0], np.cumsum(sizes)[:-1]]), tf.int32)
         self.batch_size = tf.constant(sizes, tf.int32)
-        counts = np.array([len(s) for s in batch_rows])
+        counts = np.array([len(c.batch_sizes) for c in clients])
         self.first_batch = np.concatenate([[0], np.cumsum(counts)[:-1]]).astype(np.int32)
         self.num_batches = counts.astype(np.int32)
-        self.num_examples = np.array([sum(s) for s in batch_rows], dtype=np.int64)
+        self.num_examples = np.array([len(c) for c in clients], dtype=np.int64)
         self.epochs = int(epochs)
         self.lr = float(learning_rate)
         self.mu = float(proximal_mu)
         self._train = tf.function(self._train_clients, input_signature=[
             tf.TensorSpec([None], tf.int32), tf.TensorSpec([None], tf.int32)])
 
-    def run(self, global_weights: list, chosen: np.ndarray
-            ) -> tuple[list, np.ndarray, np.ndarray]:
+    def train(self, global_weights: list, chosen: np.ndarray
+              ) -> tuple[list, np.ndarray, np.ndarray]:
         """Train the `chosen` clients from `global_weights`; return their weights, example
         counts and mean training losses."""
         self.model.set_weights(global_weights)
@@ -72,24 +66,10 @@ class FastRound:
                 for b in tf.range(num_batches[c]):
                     index = first_batch[c] + b
                     start, size = self.batch_offset[index], self.batch_size[index]
-                    loss = self._step(self.x[start:start + size], self.y[start:start + size],
-                                      anchor)
+                    loss = sgd_step(self.model, self.x[start:start + size],
+                                    self.y[start:start + size], self.lr, self.mu, anchor)
                     loss_sum += loss * tf.cast(size, tf.float32)
                     seen += tf.cast(size, tf.float32)
             outputs = [out.write(c, v) for out, v in zip(outputs, variables)]
             losses = losses.write(c, loss_sum / seen)
         return [out.stack() for out in outputs], losses.stack()
-
-    def _step(self, x: tf.Tensor, y: tf.Tensor, anchor: list) -> tf.Tensor:
-        variables = self.model.trainable_variables
-        with tf.GradientTape() as tape:
-            probabilities = self.model(x, training=True)
-            loss = tf.reduce_mean(per_example_loss(self.model, y, probabilities))
-            objective = loss
-            if self.mu > 0:
-                objective += self.mu / 2 * tf.add_n(
-                    [tf.reduce_sum(tf.square(v - a)) for v, a in zip(variables, anchor)])
-        grads = tape.gradient(objective, variables)
-        for v, g in zip(variables, grads):
-            v.assign_sub(self.lr * tf.convert_to_tensor(g))  # dense even for an Embedding
-        return tf.cast(loss, tf.float32)

@@ -12,8 +12,8 @@ app = ClientApp()
 
 @app.train()
 def train(msg: Message, context: Context) -> Message:
-    from fedutils.fedavg import client_update
-    from fedutils.federation import digits_model, federation_data
+    from fedutils.loop.client import client_update
+    from fedutils.bridges.flower.task import digits_model, federation_data
 
     cfg = context.run_config
     partition = int(context.node_config["partition-id"])

@@ -3,7 +3,7 @@
 The SuperLink starts this in its own process when `flwr run` submits the app. It waits until
 `min-nodes` SuperNodes have connected (so round 1 matches the simulation), then lets Flower's
 FedAvg strategy run the rounds. After each round it writes what happened to `results-path`,
-which is how `fedutils.federation.run_federation` follows the run from outside.
+which is how `fedutils.bridges.flower.launcher.run_federation` follows the run from outside.
 """
 import json
 import time
@@ -43,8 +43,8 @@ class RecordingFedAvg(FedAvg):
 
 @app.main()
 def main(grid: Grid, context: Context) -> None:
-    from fedutils.fedavg import evaluate_weights
-    from fedutils.federation import digits_model, federation_data
+    from fedutils.loop.evaluation import evaluate_weights
+    from fedutils.bridges.flower.task import digits_model, federation_data
 
     cfg = context.run_config
     min_nodes, seed = int(cfg["min-nodes"]), int(cfg["seed"])

@@ -1,4 +1,4 @@
-"""`python -m fedutils.check`: is this environment ready for the course?
+"""`python -m fedutils.course.check`: is this environment ready for the course?
 
 Prints one line per dependency, [OK] or [FAIL], with the installed and the expected version,
 and explains in plain words the pins the course overrides on purpose. Exits non-zero on a real

@@ -1,0 +1,1 @@
+"""Layer 1, core: data, client data, partitions, models, and the loss/prediction rule. Imports nothing else of fedutils."""
