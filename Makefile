@@ -98,7 +98,7 @@ test: test-tff test-modern
 test-tff: setup
 	@export FEDUTILS_RUN_ID="make-test-$$$$-$$(date +%s)"; status=0; \
 	$(PY) -m pytest $(PYTEST_ARGS) || status=$$?; \
-	$(PY) -m fedutils.course.tff_workers --run-id "$$FEDUTILS_RUN_ID" --report || status=1; \
+	$(PY) -m fedutils.bridges.tff_workers --run-id "$$FEDUTILS_RUN_ID" --report || status=1; \
 	exit $$status
 
 notebooks: setup setup-modern $(MODERN_KERNEL_SPEC)
@@ -130,7 +130,7 @@ check: setup
 
 # Stops any TensorFlow Federated worker_binary helper left behind on this machine.
 clean-workers:
-	@$(PY) -m fedutils.course.tff_workers
+	@$(PY) -m fedutils.bridges.tff_workers
 
 clean:
 	rm -rf $(VENV) $(MODERN_VENV) data/cache build .pytest_cache

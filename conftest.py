@@ -22,7 +22,7 @@ collect_ignore_glob = [] if importlib.util.find_spec("flwr") else FLOWER_LESSONS
 
 
 def pytest_sessionfinish(session, exitstatus):
-    from fedutils.course.tff_workers import stop_workers
+    from fedutils.bridges.tff_workers import stop_workers
 
     stopped = stop_workers(run_id=os.environ["FEDUTILS_RUN_ID"])
     if stopped:

@@ -125,7 +125,7 @@ def in_subprocess(method: str, clients: int, rounds: int, timeout: float) -> dic
             return {"method": method, "clients": clients, "rounds": rounds,
                     "skipped": f"{type(exc).__name__}: {tail.strip().splitlines()[-1:] or ''}"}
         finally:
-            from fedutils.course.tff_workers import stop_workers
+            from fedutils.bridges.tff_workers import stop_workers
 
             stop_workers(since=time.time() - timeout - 60)
 

@@ -15,7 +15,7 @@ idea from fedutils' layers; `import fedutils` itself stays instant:
 - fedutils.tff_bridge         the same model and data through TensorFlow Federated, if present
 
 The layers, imports only downward (docs/architecture.md): core → loop → techniques → bridges
-(tff, flower) → course (check, tff_workers, interactive, capstone).
+(tff, tff_workers, flower) → course (check, interactive, capstone).
 """
 from __future__ import annotations
 

@@ -9,3 +9,4 @@ from fedutils.loop.client import ClientResult, client_update, sgd_step  # noqa: 
 from fedutils.loop.evaluation import evaluate_weights, predict  # noqa: F401
 from fedutils.loop.fedavg import run_fedavg, sample_clients  # noqa: F401
 from fedutils.loop.history import History  # noqa: F401
+from fedutils.loop.seeds import Spread, over_seeds  # noqa: F401

@@ -22,7 +22,7 @@ import nbformat
 import psutil
 from nbclient import NotebookClient
 
-from fedutils.course.tff_workers import stop_workers
+from fedutils.bridges.tff_workers import stop_workers
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from course import (DEFAULT_KERNELSPEC, KERNEL, MODERN_KERNEL, ROOT, PeakMemory,  # noqa: E402

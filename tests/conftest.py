@@ -19,10 +19,20 @@ def digits_split():
     return data.train_test_split(x, y, test_fraction=0.25, seed=0)
 
 
+@pytest.fixture(scope="session")
+def five_digit_clients():
+    """All digits over five IID clients as ClientData, and a digits model's initial weights."""
+    from fedutils import data, models, partition
+
+    x, y = data.load_digits()
+    split = data.make_client_data(x, y, partition.iid_partition(y, 5, seed=0), batch_size=20, seed=0)
+    return split, models.create_digits_model().get_weights()
+
+
 @pytest.fixture
 def run_script(tmp_path):
     """Run scripts/<name> with this interpreter and return (exit code, its output). Output goes
-    to a file, not a pipe: see fedutils.course.tff_workers."""
+    to a file, not a pipe: see fedutils.bridges.tff_workers."""
     def run(name: str, *args: str) -> tuple[int, str]:
         log = tmp_path / f"{name}.log"
         with open(log, "w") as out:

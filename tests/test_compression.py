@@ -181,13 +181,9 @@ def test_error_feedback_eventually_sends_what_top_k_alone_never_would():
 
 # --- the aggregator -------------------------------------------------------------------------
 
-@pytest.fixture(scope="module")
-def digits_clients():
-    x, y = data.load_digits()
-    parts = partition.iid_partition(y, 5, seed=0)
-    clients = data.make_client_datasets(x, y, parts, batch_size=20, seed=0)
-    initial = models.create_digits_model().get_weights()
-    return clients, initial
+@pytest.fixture
+def digits_clients(five_digit_clients):
+    return five_digit_clients
 
 
 def run(clients, initial, aggregator, rounds=2):

@@ -144,7 +144,7 @@ def test_bad_inputs_raise_clear_errors():
     with pytest.raises(ValueError, match=r"client_datasets\[1\] is empty"):
         federated_evaluate(_sigmoid_model(), [datasets[0], empty])
     unbatched = tf.data.Dataset.from_tensor_slices({"x": XS[0].astype(np.float32), "y": YS[0]})
-    with pytest.raises(ValueError, match="batch it"):
+    with pytest.raises(ValueError, match=r"call \.batch"):
         federated_evaluate(_sigmoid_model(), [unbatched])
     with pytest.raises(ValueError, match="repeats forever"):
         federated_evaluate(_sigmoid_model(), [datasets[0].repeat()])

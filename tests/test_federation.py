@@ -15,6 +15,7 @@ import psutil
 import pytest
 
 from fedutils import federation
+from fedutils.bridges.flower import launcher
 
 HAS_FLOWER = importlib.util.find_spec("flwr") is not None
 needs_flower = pytest.mark.skipif(not HAS_FLOWER, reason="Flower lives in the current-TF "
@@ -60,7 +61,7 @@ def test_missing_flower_says_which_environment_to_use():
 
 def test_a_missing_flower_command_is_named_with_the_fix():
     with pytest.raises(RuntimeError, match="'flower-superlink'.*pip install flwr==1.39.0"):
-        federation._executable("flower-superlink", {"PATH": "/nonexistent"})
+        launcher._executable("flower-superlink", {"PATH": "/nonexistent"})
 
 
 @pytest.fixture(scope="module")

@@ -10,6 +10,7 @@ import pytest
 
 import fedutils
 from fedutils import data, fedavg, models, partition, privacy
+from fedutils.techniques import privacy as privacy_impl
 
 NOTEBOOK = Path(__file__).resolve().parent.parent / "lessons" / "06_privacy.ipynb"
 
@@ -147,7 +148,7 @@ def test_dp_fedavg_over_one_example_clients_is_one_dp_sgd_step(digits):
 
 def test_the_keras_3_fallback_trains_with_fedutils(monkeypatch, digits):
     x_train, x_test, y_train, y_test = digits
-    monkeypatch.setattr(privacy, "keras_version", lambda: "3.15.0")
+    monkeypatch.setattr(privacy_impl, "keras_version", lambda: "3.15.0")
     ns = run_cell("dp-sgd", tf=None, x_train=x_train[:512], y_train=y_train[:512],
                   x_test=x_test, y_test=y_test)
     assert ns["train_dp_sgd"] is ns["dp_sgd_fedutils"]

@@ -19,7 +19,7 @@ NOISE = re.compile(r"(I|W|E) tensorflow/|cpu_feature_guard|oneDNN custom operati
 
 def run_nbval(path: Path, tmp_path: Path) -> int:
     log = tmp_path / "nbval.log"
-    with open(log, "w") as out:  # a file, not a pipe: see fedutils.course.tff_workers
+    with open(log, "w") as out:  # a file, not a pipe: see fedutils.bridges.tff_workers
         return subprocess.run([sys.executable, "-m", "pytest", str(path), "-q",
                                "-p", "no:cacheprovider", "--rootdir", str(ROOT),
                                "-c", str(ROOT / "pyproject.toml"),

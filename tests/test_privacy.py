@@ -8,6 +8,7 @@ from scipy.optimize import brentq
 from scipy.stats import norm
 
 from fedutils import data, fedavg, models, partition, privacy
+from fedutils.techniques import privacy as privacy_impl
 
 
 
@@ -103,13 +104,10 @@ def test_dp_fedavg_clips_each_client_before_averaging():
     assert privacy.update_norm(out) <= clip  # the mean of vectors in a ball stays in it
 
 
-@pytest.fixture(scope="module")
-def digits_clients():
+@pytest.fixture
+def digits_clients(five_digit_clients):
     x, y = data.load_digits()
-    parts = partition.iid_partition(y, 5, seed=0)
-    clients = data.make_client_datasets(x, y, parts, batch_size=20, seed=0)
-    initial = models.create_digits_model().get_weights()
-    return clients, initial, (x[:300], y[:300])
+    return (*five_digit_clients, (x[:300], y[:300]))
 
 
 def test_dp_fedavg_runs_inside_run_fedavg(digits_clients):
@@ -227,10 +225,10 @@ def test_make_dp_optimizer_needs_a_per_example_loss():
 
 
 def test_make_dp_optimizer_explains_keras_3_and_a_missing_package(monkeypatch):
-    monkeypatch.setattr(privacy, "keras_version", lambda: "3.15.0")
+    monkeypatch.setattr(privacy_impl, "keras_version", lambda: "3.15.0")
     with pytest.raises(RuntimeError, match="Keras 3.15.0.*DPFedAvgAggregator"):
         privacy.make_dp_optimizer(1.0, 1.0)
-    monkeypatch.setattr(privacy, "keras_version", lambda: "2.14.0")
+    monkeypatch.setattr(privacy_impl, "keras_version", lambda: "2.14.0")
     monkeypatch.setitem(sys.modules,
                         "tensorflow_privacy.privacy.optimizers.dp_optimizer_keras", None)
     with pytest.raises(RuntimeError, match="not installed.*DPFedAvgAggregator"):

@@ -66,7 +66,7 @@ def run(opt, weights, grads):
 def tff():
     pytest.importorskip("tensorflow_federated")
     from fedutils import tff_bridge
-    from fedutils.course import tff_workers
+    from fedutils.bridges import tff_workers
 
     yield tff_bridge.import_tff()
     tff_workers.stop_workers(children_of=os.getpid())

@@ -15,7 +15,7 @@ import pytest
 
 import fedutils
 from fedutils import data, fedavg, partition, tff_bridge
-from fedutils.course import tff_workers as workers
+from fedutils.bridges import tff_workers as workers
 from fedutils.evaluation import federated_evaluate
 from fedutils.models import create_digits_model
 
@@ -68,12 +68,12 @@ def tff_round(process, weights, datasets):
     return tff_bridge.get_weights(process, process.next(state, datasets).state)
 
 
-def fedutils_round(datasets, weights, path, local_epochs=1):
+def fedutils_round(datasets, weights, path="run_fedavg", local_epochs=1, **kwargs):
     """One round by run_fedavg (compiled client work) or by the readable client_update."""
     if path == "run_fedavg":
         return fedavg.run_fedavg(create_digits_model, datasets, rounds=1, client_lr=0.1,
                                  initial_weights=weights, progress=False,
-                                 local_epochs=local_epochs).final_weights
+                                 local_epochs=local_epochs, **kwargs).final_weights
     model = create_digits_model()
     results = []
     for ds in datasets:
@@ -152,7 +152,7 @@ def test_tff_fed_prox_has_the_proximal_term_with_the_wrong_sign(spec, clients, i
                                             list(SIZES))
     print(f"TFF FedProx vs reversed-sign FedProx: {max_diff(theirs, reversed_sign):.2e}")
     assert max_diff(theirs, reversed_sign) < TOL
-    ours = fedutils_round(clients, initial_weights, True, proximal_mu=MU)
+    ours = fedutils_round(clients, initial_weights, proximal_mu=MU)
     correct_sign = fedavg.server_aggregate(local_updates(clients, initial_weights, 1.0),
                                            list(SIZES))
     print(f"fedutils FedProx vs correct-sign FedProx: {max_diff(ours, correct_sign):.2e}")
@@ -230,7 +230,7 @@ def test_import_tff_stops_the_worker_when_the_script_exits(tmp_path):
     script.write_text(
         "import json, os, sys\n"
         "import tensorflow as tf\n"
-        "from fedutils import tff_bridge\nfrom fedutils.course import tff_workers as workers\n"
+        "from fedutils import tff_bridge\nfrom fedutils.bridges import tff_workers as workers\n"
         "tff = tff_bridge.import_tff()\n"
         "one = tff.tensorflow.computation(lambda: tf.constant(1))\n"
         "assert one() == 1\n"
@@ -253,8 +253,10 @@ def test_import_tff_stops_the_worker_when_the_script_exits(tmp_path):
 
 
 def test_import_tff_explains_a_missing_tff(monkeypatch):
-    monkeypatch.setattr(tff_bridge, "_available", False)
-    monkeypatch.setattr(tff_bridge, "_import_error", "ModuleNotFoundError: no module")
+    from fedutils.bridges import tff as bridge
+
+    monkeypatch.setattr(bridge, "_available", False)
+    monkeypatch.setattr(bridge, "_import_error", "ModuleNotFoundError: no module")
     assert tff_bridge.tff_available() is False
     with pytest.raises(RuntimeError, match=r"Python >=3\.9,<3\.12 and TensorFlow 2\.14"):
         tff_bridge.import_tff()

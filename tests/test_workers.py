@@ -4,7 +4,7 @@ import subprocess
 import time
 import uuid
 
-from fedutils.course import tff_workers as workers
+from fedutils.bridges import tff_workers as workers
 
 
 def start_fake_worker(tmp_path, run_id):

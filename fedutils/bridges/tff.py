@@ -9,7 +9,7 @@ TFF twin: same sampled clients, same starting point, same `History`.
 TFF needs Python < 3.12 and TensorFlow 2.14, so it is absent on Colab; `tff_available()` lets a
 lesson skip its TFF cells there with `TFF_MISSING_NOTE` and show the fedutils result alone.
 Importing TFF through `import_tff()` also makes sure the `worker_binary` helper that TFF starts
-is stopped when this Python process exits (see fedutils.course.tff_workers).
+is stopped when this Python process exits (see fedutils.bridges.tff_workers).
 """
 from __future__ import annotations
 
@@ -23,7 +23,7 @@ import tensorflow as tf
 from fedutils.core.checks import check_float, check_int, check_weights
 from fedutils.core.clientdata import as_datasets
 from fedutils.core.losses import keras_accuracy, keras_loss
-from fedutils.course import tff_workers as workers
+from fedutils.bridges import tff_workers as workers
 from fedutils.loop.evaluation import evaluate_weights
 from fedutils.loop.fedavg import check_clients_per_round, sample_clients
 from fedutils.loop.history import History, advance, progress_bar

@@ -1,1 +1,1 @@
-"""Layer 5, course tooling: environment check, TFF helper-process cleanup, widgets, the capstone. May import every layer."""
+"""Layer 5, course tooling: environment check, widgets, the capstone. May import every layer."""

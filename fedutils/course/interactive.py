@@ -4,7 +4,7 @@ Lessons let a learner move a parameter and watch a plot change (`ipywidgets.inte
 widget needs a browser: when a notebook is executed headless (nbval in `make test`, `make
 notebooks`), nothing renders it, and nbclient sometimes never sees such a cell finish
 (jupyter/nbclient#312), which would hang the run. Those runs set FEDUTILS_RUN_ID (see
-fedutils.course.tff_workers); there, `interact` prints one line instead of building the controls. Each
+fedutils.bridges.tff_workers); there, `interact` prints one line instead of building the controls. Each
 lesson draws its plot once, statically, before the slider, so nothing is lost.
 """
 from __future__ import annotations

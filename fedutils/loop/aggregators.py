@@ -18,7 +18,7 @@ from typing import Any, Callable, Optional, Sequence
 
 import numpy as np
 
-from fedutils.core.checks import check_weight_list, float_dtype
+from fedutils.core.checks import check_rng, check_weight_list, float_dtype
 
 Weights = list  # a model's weights: list of NumPy arrays, as model.get_weights() returns
 
@@ -46,8 +46,7 @@ class Aggregator:
 
     def __call__(self, updates: list[Weights], num_examples: Any = None, client_ids: Any = None,
                  rng: Any = None) -> Weights:
-        from fedutils.core.checks import check_rng
-
+        updates = check_weight_list("updates", updates)
         ids = list(range(len(updates))) if client_ids is None else list(client_ids)
         return self.aggregate(updates, num_examples, ids, check_rng(rng),
                               self.initialize()).delta

@@ -5,11 +5,14 @@ compiled: `fedutils.loop.compiled`) → aggregator (`fedutils.loop.aggregators`:
 become one update plus measurements) → server optimizer (`fedutils.server_optimizers`,
 applied to the pseudo-gradient, minus the aggregate update) → new global weights. Every
 stateful part starts fresh in each run; what each part measured goes into the `History`.
+With `scaffold=True` the round is SCAFFOLD's (Karimireddy et al., 2020): clients correct every
+step by c - c_i, and the server keeps the control variates in an explicit `ScaffoldState`.
 """
 from __future__ import annotations
 
 import logging
 import time
+from dataclasses import dataclass
 from typing import Any, Callable, Optional, Sequence, Union
 
 import numpy as np
@@ -18,7 +21,8 @@ import tensorflow as tf
 from fedutils.core.checks import check_float, check_int, check_labels, check_weights
 from fedutils.core.clientdata import ClientData, as_client_data, check_against_model
 from fedutils.loop.aggregators import as_aggregator, server_aggregate  # noqa: F401 (re-export)
-from fedutils.loop.client import ClientResult, client_update  # noqa: F401 (re-export)
+from fedutils.loop.client import (ClientResult, client_update,  # noqa: F401 (re-export)
+                                  scaffold_control_update)
 from fedutils.loop.compiled import CompiledClients
 from fedutils.loop.evaluation import evaluate_weights, loss_and_accuracy  # noqa: F401
 from fedutils.loop.history import History, advance, progress_bar
@@ -69,7 +73,7 @@ def run_fedavg(model_fn: Callable[[], tf.keras.Model], client_datasets: Sequence
                server_optimizer: Optional[ServerOptimizer] = None,
                eval_data: Optional[tuple[np.ndarray, np.ndarray]] = None, eval_every: int = 1,
                initial_weights: Optional[Weights] = None, seed: int = 0,
-               progress: bool = True) -> History:
+               progress: bool = True, scaffold: bool = False) -> History:
     """Run `rounds` rounds of FedAvg (FedOpt with a `server_optimizer`); return the `History`.
 
     Each round: sample participants (`clients_per_round` as a count or fraction, each client
@@ -81,6 +85,14 @@ def run_fedavg(model_fn: Callable[[], tf.keras.Model], client_datasets: Sequence
     learning rate 1, which adds the mean update) applies minus that update as a gradient. A
     round with no report leaves the model unchanged. The global model is evaluated on
     `eval_data` every `eval_every` rounds.
+
+    With `scaffold=True`, SCAFFOLD (option II) corrects client drift: the server keeps a
+    control variate c and one c_i per client (all zero at the start of the run), each client
+    steps by w - lr·(g(w) - c_i + c) for its K = batches × `local_epochs` steps, then sets
+    c_i+ = c_i - c + (x - y)/(K·lr) and reports Δy = y - x and Δc = c_i+ - c_i; Δy goes through
+    `aggregator` and `server_optimizer` as usual, and c += (reporters / all clients)·mean(Δc).
+    Both directions then carry two model-sized arrays (x and c down, Δy and Δc up), which
+    `download_bytes` and `upload_bytes` count.
 
     `seed` fixes sampling, drop-outs and the aggregator's randomness; the initial weights come
     from `initial_weights`, else from `model_fn()` (call `fedutils.set_seed` first).
@@ -94,6 +106,7 @@ def run_fedavg(model_fn: Callable[[], tf.keras.Model], client_datasets: Sequence
     local_epochs = check_int("local_epochs", local_epochs, minimum=1)
     client_lr = check_float("client_lr", client_lr, low=0.0, low_inclusive=False)
     proximal_mu = check_float("proximal_mu", proximal_mu, low=0.0)
+    scaffold = _check_scaffold(scaffold, proximal_mu)
     eval_every = check_int("eval_every", eval_every, minimum=1)
     seed = check_int("seed", seed, minimum=0)
     aggregator = as_aggregator(aggregator)
@@ -106,8 +119,10 @@ def run_fedavg(model_fn: Callable[[], tf.keras.Model], client_datasets: Sequence
                                     like=model.get_weights())
                       if initial_weights is not None else model.get_weights())
 
-    trainer = CompiledClients(model, clients, local_epochs, client_lr, proximal_mu)
+    trainer = CompiledClients(model, clients, local_epochs, client_lr, proximal_mu, scaffold)
     model_bytes = sum(int(w.nbytes) for w in global_weights)
+    copies = 2 if scaffold else 1  # SCAFFOLD sends c beside x, and Δc beside Δy
+    controls = ScaffoldState.zeros(global_weights, len(clients)) if scaffold else None
     aggregator_state = aggregator.initialize()
     optimizer_state = optimizer.initialize(global_weights)
     history = History()
@@ -117,10 +132,11 @@ def run_fedavg(model_fn: Callable[[], tf.keras.Model], client_datasets: Sequence
         rng = np.random.default_rng([seed, r])
         chosen = sample_clients(len(clients), clients_per_round, availability, rng)
         record: dict[str, Any] = {"round": r, "num_selected": len(chosen),
-                                  "download_bytes": len(chosen) * model_bytes}
+                                  "download_bytes": copies * len(chosen) * model_bytes}
         kept = np.array([], dtype=int)
         if len(chosen):
-            new_weights, counts, losses = trainer.train(global_weights, chosen)
+            corrections = controls.corrections(chosen) if scaffold else None
+            new_weights, counts, losses = trainer.train(global_weights, chosen, corrections)
             kept = np.flatnonzero(rng.random(len(chosen)) >= dropout)
             record["train_loss"] = float(np.average(losses, weights=counts))
         record["num_clients"] = len(kept)
@@ -134,6 +150,11 @@ def run_fedavg(model_fn: Callable[[], tf.keras.Model], client_datasets: Sequence
             aggregator_state = out.state
             record["upload_bytes"] = len(kept) * model_bytes
             record.update(out.measurements)
+            if scaffold:
+                controls = controls.next(chosen[kept], [new_weights[i] for i in kept],
+                                         global_weights, trainer.local_steps(chosen[kept]),
+                                         client_lr)
+                _count_control_upload(record, len(kept) * model_bytes)
             gradient = [-d for d in delta]
             optimizer_state, global_weights = optimizer.next(optimizer_state, global_weights,
                                                              gradient)
@@ -148,6 +169,59 @@ def run_fedavg(model_fn: Callable[[], tf.keras.Model], client_datasets: Sequence
     model.set_weights(global_weights)
     history.final_weights = global_weights
     return history
+
+
+@dataclass(frozen=True)
+class ScaffoldState:
+    """SCAFFOLD's control variates during one run: the server's c and each client's c_i (zero
+    until the client first reports; kept across rounds). `next` returns a new state."""
+    server: Weights
+    clients: tuple  # one Weights per client
+
+    @classmethod
+    def zeros(cls, weights: Weights, num_clients: int) -> "ScaffoldState":
+        zeros = [np.zeros_like(w) for w in weights]
+        return cls(zeros, (zeros,) * num_clients)
+
+    def corrections(self, chosen: np.ndarray) -> list[np.ndarray]:
+        """c - c_i of each chosen client, stacked per weight tensor (the compiled round's
+        argument)."""
+        return [np.stack([c - self.clients[i][t] for i in chosen])
+                for t, c in enumerate(self.server)]
+
+    def next(self, reporters: np.ndarray, local_weights: list[Weights], global_weights: Weights,
+             local_steps: np.ndarray, learning_rate: float) -> "ScaffoldState":
+        """The state after `reporters` (client ids) trained from `global_weights` to
+        `local_weights` in `local_steps` steps each: new c_i (option II), and
+        c + (|S|/N)·mean(Δc) = c + sum(Δc)/N on the server."""
+        clients = list(self.clients)
+        total = [np.zeros_like(c) for c in self.server]
+        for i, y, steps in zip(reporters, local_weights, local_steps):
+            new = scaffold_control_update(self.clients[i], self.server, global_weights, y,
+                                          int(steps), learning_rate)
+            total = [t + (n - old) for t, n, old in zip(total, new, self.clients[i])]
+            clients[i] = new
+        server = [c + t / np.asarray(len(clients), dtype=c.dtype)
+                  for c, t in zip(self.server, total)]
+        return ScaffoldState(server, tuple(clients))
+
+
+def _check_scaffold(scaffold: Any, proximal_mu: float) -> bool:
+    if not isinstance(scaffold, bool):
+        raise TypeError(f"scaffold must be True or False, got {type(scaffold).__name__} "
+                        f"{scaffold!r}")
+    if scaffold and proximal_mu > 0:
+        raise ValueError("scaffold=True cannot be combined with proximal_mu > 0: SCAFFOLD's "
+                         "control variates and FedProx's proximal term are alternative remedies "
+                         "for client drift; choose one (set proximal_mu=0 for SCAFFOLD)")
+    return scaffold
+
+
+def _count_control_upload(record: dict, control_bytes: int) -> None:
+    """SCAFFOLD's clients also upload Δc, dense: add it to the aggregator's byte counts."""
+    for key in ("upload_bytes", "dense_upload_bytes"):
+        if key in record:
+            record[key] += control_bytes
 
 
 def check_clients_per_round(value: Any, num_clients: int) -> Union[int, float, None]:

@@ -9,7 +9,7 @@ A run (a test session, `make notebooks`) can tag everything it starts by setting
 environment variable FEDUTILS_RUN_ID: kernels and their helpers inherit it, so the run can stop
 exactly its own helpers, even after their parents are gone, and nobody else's.
 
-Command line:  python -m fedutils.course.tff_workers [--since EPOCH] [--run-id ID] [--report]
+Command line:  python -m fedutils.bridges.tff_workers [--since EPOCH] [--run-id ID] [--report]
 """
 from __future__ import annotations
 
@@ -110,10 +110,10 @@ def main(argv: Optional[list[str]] = None) -> int:
     args = parser.parse_args(argv)
     stopped = stop_workers(since=args.since, run_id=args.run_id)
     if stopped:
-        print(f"fedutils.course.tff_workers: stopped {stopped} leftover TFF {WORKER_NAME} process(es)",
+        print(f"fedutils.bridges.tff_workers: stopped {stopped} leftover TFF {WORKER_NAME} process(es)",
               file=sys.stderr)
     else:
-        print(f"fedutils.course.tff_workers: no TFF {WORKER_NAME} process left running")
+        print(f"fedutils.bridges.tff_workers: no TFF {WORKER_NAME} process left running")
     return 1 if (args.report and stopped) else 0
 
 
