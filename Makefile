@@ -48,7 +48,7 @@ $(STAMP): requirements.txt requirements-tff.txt pyproject.toml
 	    echo "Creating $(VENV) with $$base ($$($$base --version))"; \
 	    "$$base" -m venv "$(VENV)"; \
 	fi
-	$(PY) -m pip install --quiet --upgrade "pip>=23.2" "setuptools>=64" wheel
+	$(PY) -m pip install --quiet --upgrade "pip>=23.2" "setuptools>=77" wheel
 	@echo "Installing the course environment (first time: about 2 minutes, 2.9 GB)..."
 	@echo "(If pip prints a dependency-resolver ERROR naming tensorflow-federated's jax, jaxlib or"
 	@echo " typing-extensions pins, that is expected: the course overrides them, see README.md.)"
@@ -70,7 +70,7 @@ $(MODERN_STAMP): requirements-modern.txt pyproject.toml
 	    echo "Creating $(MODERN_VENV) with $$base ($$($$base --version))"; \
 	    "$$base" -m venv "$(MODERN_VENV)"; \
 	fi
-	$(MODERN_PY) -m pip install --quiet --upgrade "pip>=23.2" "setuptools>=64" wheel
+	$(MODERN_PY) -m pip install --quiet --upgrade "pip>=23.2" "setuptools>=77" wheel
 	@echo "Installing the current-TensorFlow environment (Keras 3 + Flower; first time: about 2 minutes, 2.7 GB)..."
 	$(MODERN_PY) -m pip install --quiet -r requirements-modern.txt
 	$(MODERN_PY) -m pip install --quiet --no-deps --no-build-isolation -e .
