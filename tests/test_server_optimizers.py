@@ -6,7 +6,6 @@ against TFF's `build_weighted_fed_avg` with the same server optimizer.
 """
 import dataclasses
 import inspect
-import os
 
 import numpy as np
 import pytest
@@ -66,10 +65,8 @@ def run(opt, weights, grads):
 def tff():
     pytest.importorskip("tensorflow_federated")
     from fedutils import tff_bridge
-    from fedutils.bridges import tff_workers
 
-    yield tff_bridge.import_tff()
-    tff_workers.stop_workers(children_of=os.getpid())
+    return tff_bridge.import_tff()   # the root conftest stops TFF's helper at session end
 
 
 def tff_run(tff, builder, kwargs, weights, grads):
