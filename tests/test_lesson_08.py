@@ -1,12 +1,17 @@
-"""Lesson 08 builds a Dirichlet split in the open and fixes the slide's generator; these tests
-run the lesson's own cells (found by a marker they contain) and hold them to fedutils.partition."""
+"""Lesson 08 builds a Dirichlet split and FedProx's proximal step in the open and fixes the
+slide's generator; these tests run the lesson's own cells (found by a marker they contain) and
+hold them to fedutils (partition.dirichlet_partition, fedavg.client_update) and to hand
+computation."""
 from functools import partial
 from pathlib import Path
 
 import numpy as np
 import pytest
+import tensorflow as tf
 
-from fedutils import partition
+import fedutils
+from fedutils import data, models, partition
+from fedutils.fedavg import client_update
 
 import lesson_code
 
@@ -18,7 +23,7 @@ lesson_cell = partial(lesson_code.cell_source, NOTEBOOK)
 
 def run_cells(*markers: str, **names) -> dict:
     """Run the cells holding `markers` in a namespace that starts with NumPy and `names`."""
-    namespace: dict = {"np": np, "partition": partition, **names}
+    namespace: dict = {"np": np, "tf": tf, "partition": partition, **names}
     for marker in markers:
         exec(compile(lesson_cell(marker), f"{NOTEBOOK.name}: {marker}", "exec"), namespace)
     return namespace
@@ -66,6 +71,64 @@ def test_invariant_check_catches_overlap_and_gaps(lesson):
     assert check([np.array([0, 2]), np.array([1, 3])], 4)
     assert not check([np.array([0, 1]), np.array([1, 3])], 4)  # 1 twice, 2 missing
     assert not check([np.array([0, 1]), np.array([2])], 4)      # 3 missing
+
+
+def test_dirichlet_100_is_less_skewed_than_iid_dealing(digits_split):
+    """The lesson's explanation: per-label allocation with shares near 1/20 holds each client's
+    label counts closer to the global mix than shuffling and cutting does, on every seed."""
+    y_train = digits_split[2]
+    ns = run_cells("def count_spread(", y_train=y_train, NUM_CLIENTS=20,
+                   over_seeds=fedutils.fedavg.over_seeds)
+    iid, dirichlet = ns["near_iid"].values()
+    for seed in range(5):
+        assert (partition.label_skew(y_train, dirichlet(seed))
+                < partition.label_skew(y_train, iid(seed)) / 2)
+        assert ns["count_spread"](dirichlet(seed)) < ns["count_spread"](iid(seed))
+    # Dirichlet(alpha) shares have std sqrt((1/n)(1 - 1/n)/(n·alpha + 1)): 0.005 here.
+    shares = np.random.default_rng(0).dirichlet(np.full(20, 100.0), size=4000)
+    assert abs(shares.std() - np.sqrt(0.05 * 0.95 / 2001)) < 2e-4
+
+
+@pytest.fixture(scope="module")
+def prox(digits_split):
+    x_train, _, y_train, _ = digits_split
+    parts = partition.dirichlet_partition(y_train, 20, 0.1, seed=0)
+    client = data.make_client_data(x_train, y_train, parts, batch_size=20, seed=0)[0]
+    return run_cells("def proximal_step(", models=models), client
+
+
+@pytest.mark.parametrize("mu", [0.0, 0.01, 1.0])
+def test_my_fedprox_client_equals_client_update(prox, mu):
+    ns, client = prox
+    fedutils.set_seed(0)
+    model = models.create_digits_model()
+    start = model.get_weights()
+    ours = ns["my_fedprox_client"](model, client, 2, 0.1, mu)
+    model.set_weights(start)
+    theirs = client_update(model, client, epochs=2, learning_rate=0.1, proximal_mu=mu).weights
+    for a, b in zip(ours, theirs):
+        np.testing.assert_allclose(a, b, atol=1e-5)
+    moved = np.sqrt(sum(np.sum((w - s) ** 2) for w, s in zip(ours, start)))
+    assert moved > 0
+
+
+def test_proximal_step_adds_mu_times_distance_to_the_gradient(prox):
+    """By hand: from weights w away from w_global, the step with mu differs from the step
+    without by exactly -lr·mu·(w - w_global)."""
+    ns, client = prox
+    fedutils.set_seed(1)
+    model = models.create_digits_model()
+    anchor = [w.numpy() for w in model.trainable_variables]
+    w = [a + 0.05 * np.random.default_rng(k).standard_normal(a.shape).astype(a.dtype)
+         for k, a in enumerate(anchor)]
+    x, y = next(client.batches())
+    after = {}
+    for mu in (0.0, 0.7):
+        model.set_weights(w)
+        ns["proximal_step"](model, x, y, 0.1, mu, anchor)
+        after[mu] = model.get_weights()
+    for with_mu, without, wi, ai in zip(after[0.7], after[0.0], w, anchor):
+        np.testing.assert_allclose(with_mu - without, -0.1 * 0.7 * (wi - ai), atol=1e-6)
 
 
 def test_seeded_slide_generator_is_reproducible_and_label_free():
