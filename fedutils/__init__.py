@@ -12,6 +12,7 @@ idea from fedutils' layers; `import fedutils` itself stays instant:
 - fedutils.privacy            clipping, noise, DP-FedAvg, DP-SGD, epsilon, secure sums
 - fedutils.compression        top-k / random-k, quantization, error feedback, bytes
 - fedutils.robust             median, trimmed mean, Krum, norm bounding
+- fedutils.attacks            gradient inversion, poisoning, backdoors (lesson 17)
 - fedutils.tff_bridge         the same model and data through TensorFlow Federated, if present
 
 The layers, imports only downward (docs/architecture.md): core → loop → techniques → bridges

@@ -42,21 +42,42 @@ def check_float(name: str, value: Any, low: Optional[float] = None, high: Option
     return value
 
 
+def as_array(name: str, value: Any) -> np.ndarray:
+    """`np.asarray(value)`, with NumPy's error for ragged nested lists naming the argument."""
+    try:
+        return np.asarray(value)
+    except (ValueError, TypeError) as exc:
+        raise TypeError(f"{name} must be an array (not a ragged nested list): {exc}") from None
+
+
 def check_labels(name: str, labels: Any) -> np.ndarray:
     """Return labels as a 1-D integer array, or raise for other shapes or non-integer values."""
-    arr = np.asarray(labels)
+    arr = as_array(name, labels)
     if arr.ndim == 2 and arr.shape[1] == 1:
         arr = arr[:, 0]
     if arr.ndim != 1 or arr.size == 0:
         raise ValueError(f"{name} must be a non-empty 1-D array of integer class labels "
                          f"(shape (n,) or (n, 1)), got shape {arr.shape}")
+    if arr.dtype == np.bool_:
+        arr = arr.astype(np.int64)
     if not np.issubdtype(arr.dtype, np.integer):
-        if not (np.issubdtype(arr.dtype, np.number) and np.all(np.mod(arr, 1) == 0)):
-            raise ValueError(f"{name} must hold integer class labels, got dtype {arr.dtype}")
+        # Whole-number floats (1.0, 2.0) are labels; 0.5, NaN, inf or 1e300 are not.
+        if not (np.issubdtype(arr.dtype, np.floating) and np.all(np.isfinite(arr))
+                and np.all(np.mod(arr, 1) == 0) and np.abs(arr).max() < 2.0**53):
+            raise ValueError(f"{name} must hold integer class labels, got dtype {arr.dtype}"
+                             + (f" with values such as {_not_integer(arr)!r}"
+                                if np.issubdtype(arr.dtype, np.floating) else ""))
         arr = arr.astype(np.int64)
     if arr.min() < 0:
         raise ValueError(f"{name} must hold class labels >= 0, got {arr.min()}")
     return arr
+
+
+def _not_integer(arr: np.ndarray) -> float:
+    """The first value of a float array that is not a whole, finite number of safe size."""
+    bad = ~np.isfinite(arr)
+    bad[~bad] = (np.mod(arr[~bad], 1) != 0) | (np.abs(arr[~bad]) >= 2.0**53)
+    return float(arr[np.argmax(bad)])
 
 
 def check_weights(name: str, weights: Any, like: Optional[Sequence[np.ndarray]] = None,
@@ -72,10 +93,7 @@ def check_weights(name: str, weights: Any, like: Optional[Sequence[np.ndarray]] 
         raise ValueError(f"{name} must hold at least one tensor, got an empty list")
     out = []
     for i, w in enumerate(weights):
-        try:
-            arr = np.asarray(w)
-        except Exception as exc:  # ragged nested lists and the like
-            raise TypeError(f"{name}[{i}] must be a NumPy array: {exc}") from None
+        arr = as_array(f"{name}[{i}]", w)
         if not np.issubdtype(arr.dtype, np.number):
             raise TypeError(f"{name}[{i}] must be numeric, got dtype {arr.dtype}")
         if not allow_nan and not np.all(np.isfinite(arr)):

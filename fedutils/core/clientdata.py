@@ -16,6 +16,10 @@ from fedutils.core.checks import check_float, check_int, check_labels
 from fedutils.core.data import check_partitions, check_xy, load_digits, train_test_split
 from fedutils.core.partition import dirichlet_partition, iid_partition, shard_partition
 
+# A tf.data dataset of unknown length is read batch by batch; past this many bytes in all it is
+# refused, as it may be an endless one (`.repeat().filter(...)`, a generator that never stops).
+MAX_UNKNOWN_BYTES = 2**26  # 64 MB: the course's largest data set is a few MB
+
 
 @dataclass(frozen=True, eq=False)
 class ClientData:
@@ -23,6 +27,16 @@ class ClientData:
     x: np.ndarray
     y: np.ndarray
     batch_size: int
+
+    def __post_init__(self):
+        """Refuse what no client can train on (make_client_data checks the values too)."""
+        check_int("batch_size", self.batch_size, minimum=1)
+        if not (isinstance(self.x, np.ndarray) and isinstance(self.y, np.ndarray)):
+            raise TypeError("ClientData's x and y must be NumPy arrays, got "
+                            f"{type(self.x).__name__} and {type(self.y).__name__}")
+        if self.y.ndim != 1 or self.x.ndim < 1 or len(self.x) != len(self.y) or not len(self.y):
+            raise ValueError("ClientData needs x of shape (n, features...) and y of shape (n,) "
+                             f"with n >= 1, got {self.x.shape} and {self.y.shape}")
 
     def __len__(self) -> int:
         return len(self.y)
@@ -64,13 +78,22 @@ def make_client_data(x: np.ndarray, y: np.ndarray, partitions: Sequence[Sequence
     x = np.asarray(x)
     if np.issubdtype(x.dtype, np.floating) and not np.all(np.isfinite(x)):
         raise ValueError("x contains NaN or infinite features; clean or impute them first")
+    y = _int32_labels(y, "y")
     rng = np.random.default_rng(seed)
     clients = []
     for idx in parts:
         order = rng.permutation(idx) if shuffle else idx
         features = x[order].astype(np.float32) if np.issubdtype(x.dtype, np.floating) else x[order]
-        clients.append(ClientData(features, y[order].astype(np.int32), batch_size))
+        clients.append(ClientData(features, y[order], batch_size))
     return clients
+
+
+def _int32_labels(y: np.ndarray, name: str) -> np.ndarray:
+    """Labels as int32 (what TensorFlow's losses take), refusing values int32 would wrap."""
+    if y.max() > np.iinfo(np.int32).max:
+        raise ValueError(f"{name} holds label {y.max()}, beyond what int32 holds; labels must be "
+                         "class indices 0..C-1")
+    return y.astype(np.int32)
 
 
 def make_client_datasets(x: np.ndarray, y: np.ndarray, partitions: Sequence[Sequence[int]],
@@ -132,7 +155,7 @@ def _read_datasets(datasets: list, name: str) -> list[ClientData]:
         raise ValueError(f"{name} holds a dataset that repeats forever; pass finite datasets "
                          "(drop .repeat(): run_fedavg's local_epochs repeats the data)")
     if min(sizes) < 0:  # a length tf.data cannot tell in advance: read client by client
-        per_client = [list(ds.as_numpy_iterator()) for ds in datasets]
+        per_client = _read_bounded(datasets, name)
     else:
         choice = tf.data.Dataset.from_tensor_slices(
             np.repeat(np.arange(len(datasets), dtype=np.int64), sizes))
@@ -143,6 +166,23 @@ def _read_datasets(datasets: list, name: str) -> list[ClientData]:
     return [_from_batches(b, f"{name}[{i}]") for i, b in enumerate(per_client)]
 
 
+def _read_bounded(datasets: list, name: str) -> list[list]:
+    """Read datasets whose length tf.data cannot tell (filter, from_generator) batch by batch,
+    refusing them once they pass `MAX_UNKNOWN_BYTES` in all: such a dataset may never end."""
+    per_client, total = [], 0
+    for i, ds in enumerate(datasets):
+        batches = []
+        for batch in ds.as_numpy_iterator():
+            total += sum(np.asarray(v).nbytes for v in batch.values())
+            if total > MAX_UNKNOWN_BYTES:
+                raise ValueError(f"{name}[{i}] has no known length and has yielded more than "
+                                 f"{MAX_UNKNOWN_BYTES / 2**20:.0f} MB: it may repeat forever; "
+                                 "pass finite datasets (drop .repeat(), or .take(n) batches)")
+            batches.append(batch)
+        per_client.append(batches)
+    return per_client
+
+
 def _from_batches(batches: list, name: str) -> ClientData:
     if not batches:
         raise ValueError(f"{name} is empty: every client needs at least one example")
@@ -150,12 +190,21 @@ def _from_batches(batches: list, name: str) -> ClientData:
     if any(s != sizes[0] for s in sizes[:-1]) or sizes[-1] > sizes[0]:
         raise ValueError(f"{name} must have batches of one size (the last may be smaller), "
                          f"got sizes {sizes}")
+    if any(np.ndim(b["y"]) > 2 or (np.ndim(b["y"]) == 2 and np.shape(b["y"])[1] != 1)
+           for b in batches):
+        raise ValueError(f"{name} must have one integer label per example (y of shape (batch,) "
+                         f"or (batch, 1)), got y of shape {np.shape(batches[0]['y'])}")
     y = np.concatenate([np.reshape(b["y"], -1) for b in batches])
-    if not np.issubdtype(y.dtype, np.integer):
-        if not np.all(np.isfinite(y)) or np.any(np.mod(y, 1) != 0):
-            raise ValueError(f"{name} has labels that are not integer class labels "
-                             f"(dtype {y.dtype}); labels must be integers 0..C-1")
-    return ClientData(np.concatenate([b["x"] for b in batches]), y.astype(np.int32), sizes[0])
+    try:
+        y = check_labels(f"{name}'s labels", y)
+    except ValueError as exc:
+        raise ValueError(f"{exc}; labels must be integers 0..C-1") from None
+    try:
+        x = np.concatenate([b["x"] for b in batches])
+    except ValueError:
+        raise ValueError(f"{name} must have features of one shape per example, got batches of "
+                         f"shapes {sorted({np.shape(b['x'])[1:] for b in batches})}") from None
+    return ClientData(x, _int32_labels(y, f"{name}'s labels"), sizes[0])
 
 
 def check_against_model(clients: Sequence[ClientData], model: Any, name: str) -> None:
@@ -166,19 +215,43 @@ def check_against_model(clients: Sequence[ClientData], model: Any, name: str) ->
 
     expected = tuple(model.input_shape[1:])
     classes = num_classes(model)
+    vocabulary = _embedding_size(model)
     for i, c in enumerate(clients):
         where = f"{name}[{i}]" if len(clients) > 1 or name.endswith("s") else name
         if tuple(c.x.shape[1:]) != expected:
             raise ValueError(f"{where} has features of shape {tuple(c.x.shape[1:])} per example "
                              f"but the model takes {expected}")
+        if not (np.issubdtype(c.x.dtype, np.floating) or np.issubdtype(c.x.dtype, np.integer)
+                or c.x.dtype == np.bool_):
+            raise TypeError(f"{where} must have numeric features, got dtype {c.x.dtype}")
         if np.issubdtype(c.x.dtype, np.floating) and not np.all(np.isfinite(c.x)):
             raise ValueError(f"{where} contains NaN or infinite features")
+        if vocabulary is not None:
+            _check_token_ids(c.x, vocabulary, where)
         low, high = int(c.y.min()), int(c.y.max())
         if low < 0 or high >= classes:
             kind = "0 or 1 (one sigmoid output)" if classes == 2 and model.output_shape[-1] == 1 \
                 else f"0..{classes - 1} (a softmax over {classes} classes)"
             raise ValueError(f"{where} has labels from {low} to {high}, but the model's output "
                              f"accepts {kind}")
+
+
+def _embedding_size(model: Any) -> Optional[int]:
+    """The vocabulary size when the model's first layer is an Embedding (inputs are token ids)."""
+    import tensorflow as tf
+
+    first = model.layers[0] if model.layers else None
+    return int(first.input_dim) if isinstance(first, tf.keras.layers.Embedding) else None
+
+
+def _check_token_ids(x: np.ndarray, vocabulary: int, where: str) -> None:
+    if not np.issubdtype(x.dtype, np.integer):
+        if not np.all(np.mod(x, 1) == 0):
+            raise ValueError(f"{where} must hold integer token ids for the model's Embedding, "
+                             f"got dtype {x.dtype}")
+    if x.size and (x.min() < 0 or x.max() >= vocabulary):
+        raise ValueError(f"{where} has token ids from {x.min():g} to {x.max():g}, but the model's "
+                         f"Embedding takes ids 0..{vocabulary - 1}")
 
 
 @dataclass

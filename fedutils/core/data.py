@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 
-from fedutils.core.checks import check_float, check_int, check_labels
+from fedutils.core.checks import as_array, check_float, check_int, check_labels
 
 IRIS_CLASSES = ("setosa", "versicolor", "virginica")
 SHAKESPEARE_VERSION = 1  # bump when the parsing changes, so stale caches are rebuilt
@@ -98,7 +98,10 @@ def load(name: str, **kwargs: Any) -> tuple[np.ndarray, np.ndarray]:
 
 def train_test_split(x: np.ndarray, y: np.ndarray, test_fraction: float = 0.25, seed: int = 0
                      ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """Stratified split into (x_train, x_test, y_train, y_test), the same for the same seed."""
+    """Stratified split into (x_train, x_test, y_train, y_test), the same for the same seed.
+
+    Each class gives round(test_fraction * its size) examples to the test side; a split that
+    would leave either side empty (tiny data) is refused."""
     y = check_labels("y", y)
     check_xy(x, y)
     test_fraction = check_float("test_fraction", test_fraction, 0.0, 1.0,
@@ -110,6 +113,12 @@ def train_test_split(x: np.ndarray, y: np.ndarray, test_fraction: float = 0.25, 
         idx = rng.permutation(np.flatnonzero(y == label))
         test.append(idx[: int(round(test_fraction * len(idx)))])
     test_idx = np.sort(np.concatenate(test))
+    if not 0 < len(test_idx) < len(y):
+        side = "test" if len(test_idx) == 0 else "training"
+        raise ValueError(f"test_fraction={test_fraction:g} of {len(y)} examples "
+                         f"({len(np.unique(y))} classes, split class by class) leaves the {side} "
+                         "side empty: use more examples or a test_fraction further from "
+                         f"{'0' if side == 'test' else '1'}")
     train_mask = np.ones(len(y), dtype=bool)
     train_mask[test_idx] = False
     return x[train_mask], x[test_idx], y[train_mask], y[test_idx]
@@ -117,6 +126,8 @@ def train_test_split(x: np.ndarray, y: np.ndarray, test_fraction: float = 0.25, 
 
 def check_partitions(partitions: Any, num_examples: int) -> list[np.ndarray]:
     """Validate a partition: a non-empty list of non-empty integer index arrays in range."""
+    if isinstance(partitions, np.ndarray) and partitions.ndim == 2:
+        partitions = list(partitions)  # equal-sized parts stacked in one array
     if not isinstance(partitions, (list, tuple)):
         raise TypeError("partitions must be a list of index arrays, one per client, "
                         f"got {type(partitions).__name__}")
@@ -124,7 +135,7 @@ def check_partitions(partitions: Any, num_examples: int) -> list[np.ndarray]:
         raise ValueError("partitions must hold at least one client, got an empty list")
     out = []
     for i, idx in enumerate(partitions):
-        arr = np.asarray(idx)
+        arr = as_array(f"partitions[{i}]", idx)
         if arr.ndim != 1 or arr.size == 0:
             raise ValueError(f"partitions[{i}] must be a non-empty 1-D array of example indices, "
                              f"got shape {arr.shape}")
@@ -141,9 +152,14 @@ def check_partitions(partitions: Any, num_examples: int) -> list[np.ndarray]:
 
 
 def check_xy(x: Any, y: np.ndarray) -> None:
+    """Features `x` must be a numeric array with one row per label in `y`."""
     if not hasattr(x, "shape") or len(x.shape) < 2:
         raise ValueError("x must be an array of shape (num_examples, num_features...), "
                          f"got {getattr(x, 'shape', type(x).__name__)}")
+    if isinstance(x, np.ndarray) and not (np.issubdtype(x.dtype, np.integer)
+                                          or np.issubdtype(x.dtype, np.floating)
+                                          or x.dtype == np.bool_):
+        raise TypeError(f"x must hold numbers, got dtype {x.dtype}")
     if x.shape[0] != len(y):
         raise ValueError(f"x and y must have the same number of examples, "
                          f"got {x.shape[0]} and {len(y)}")

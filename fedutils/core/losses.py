@@ -22,8 +22,8 @@ def num_classes(model: tf.keras.Model) -> int:
 def per_example_loss(model: tf.keras.Model, y: Any, probabilities: tf.Tensor) -> tf.Tensor:
     """Cross-entropy of each example: binary for one sigmoid output, sparse categorical for a
     softmax. Averaging it over a batch gives the loss Keras and TFF minimise."""
-    if is_binary(model):
-        y = tf.reshape(tf.cast(y, probabilities.dtype), [-1, 1])
+    if is_binary(model):   # labels shaped like the outputs: (batch, 1), or (clients, batch, 1)
+        y = tf.reshape(tf.cast(y, probabilities.dtype), tf.shape(probabilities))
         return tf.keras.losses.binary_crossentropy(y, probabilities)
     return tf.keras.losses.sparse_categorical_crossentropy(y, probabilities)
 

@@ -6,7 +6,7 @@ matching loss with `loss_for`. Call `fedutils.set_seed` first for reproducible i
 """
 from __future__ import annotations
 
-from typing import Optional, Sequence
+from typing import Any, Optional, Sequence
 
 import tensorflow as tf
 
@@ -14,12 +14,16 @@ from fedutils.core.checks import check_int
 from fedutils.core.losses import keras_accuracy, keras_loss
 
 layers = tf.keras.layers
+# The course's models have thousands to a few hundred thousand weights; a size argument off by a
+# few digits would otherwise allocate gigabytes (or fail deep inside TensorFlow).
+MAX_WEIGHTS = 50_000_000
 
 
 def create_keras_model(num_features: int = 4, hidden_units: int = 10) -> tf.keras.Model:
     """Slide 1's model: a 10-unit ReLU layer and one sigmoid output, for a binary task."""
     num_features = check_int("num_features", num_features, minimum=1)
     hidden_units = check_int("hidden_units", hidden_units, minimum=1)
+    _check_size("num_features and hidden_units", (num_features + 2) * hidden_units + 1)
     return tf.keras.Sequential([
         tf.keras.Input(shape=(num_features,)),
         layers.Dense(hidden_units, activation="relu"),
@@ -33,6 +37,8 @@ def create_digits_model(hidden_units: int = 64, num_classes: int = 10,
     hidden_units = check_int("hidden_units", hidden_units, minimum=1)
     num_classes = check_int("num_classes", num_classes, minimum=2)
     num_features = check_int("num_features", num_features, minimum=1)
+    _check_size("num_features, hidden_units and num_classes",
+                (num_features + 1) * hidden_units + (hidden_units + 1) * num_classes)
     return tf.keras.Sequential([
         tf.keras.Input(shape=(num_features,)),
         layers.Dense(hidden_units, activation="relu"),
@@ -44,12 +50,13 @@ def create_medical_model(input_shape: Sequence[int] = (8, 8, 1), num_classes: in
                          filters: int = 32) -> tf.keras.Model:
     """Slide 9's convolutional classifier (Conv2D 3x3, max-pool, dense softmax), sized by
     default for the 8x8 digits images instead of the slide's 64x64x3 random noise."""
-    shape = tuple(input_shape)
-    if len(shape) != 3 or any(not isinstance(s, int) or s < 3 for s in shape[:2]):
-        raise ValueError("input_shape must be (height, width, channels) with height and width "
-                         f">= 3, got {input_shape!r}")
+    shape = _image_shape(input_shape)
     num_classes = check_int("num_classes", num_classes, minimum=2)
     filters = check_int("filters", filters, minimum=1)
+    height, width, channels = shape
+    _check_size("input_shape, num_classes and filters",
+                (9 * channels + 1) * filters
+                + ((height - 2) // 2 * ((width - 2) // 2) * filters + 1) * num_classes)
     return tf.keras.Sequential([
         tf.keras.Input(shape=shape),
         layers.Conv2D(filters, 3, activation="relu"),
@@ -57,6 +64,29 @@ def create_medical_model(input_shape: Sequence[int] = (8, 8, 1), num_classes: in
         layers.Flatten(),
         layers.Dense(num_classes, activation="softmax"),
     ], name="medical_model")
+
+
+def _check_size(arguments: str, num_weights: int) -> None:
+    if num_weights > MAX_WEIGHTS:
+        raise ValueError(f"{arguments} make a model of {num_weights:,} weights, more than "
+                         f"{MAX_WEIGHTS:,} (the course's models have at most a few hundred "
+                         "thousand): check the sizes")
+
+
+def _image_shape(input_shape: Any) -> tuple[int, int, int]:
+    """(height, width, channels) as ints: height and width >= 4 (a 3x3 convolution, then 2x2
+    pooling), channels >= 1."""
+    wanted = ("input_shape must be (height, width, channels) with height and width >= 4 and "
+              f"channels >= 1, got {input_shape!r}")
+    try:
+        shape = tuple(input_shape)
+    except TypeError:
+        raise TypeError(wanted) from None
+    if len(shape) != 3:
+        raise ValueError(wanted)
+    for i, (size, low) in enumerate(zip(shape, (4, 4, 1))):
+        check_int(f"input_shape[{i}]", size, minimum=low)
+    return tuple(int(s) for s in shape)
 
 
 def create_tabular_model(num_features: int = 30, hidden_units: int = 16) -> tf.keras.Model:
@@ -73,6 +103,9 @@ def create_keyboard_model(vocab_size: int = 2000, sequence_length: int = 5,
     sequence_length = check_int("sequence_length", sequence_length, minimum=1)
     embedding_dim = check_int("embedding_dim", embedding_dim, minimum=1)
     lstm_units = check_int("lstm_units", lstm_units, minimum=1)
+    _check_size("vocab_size, embedding_dim and lstm_units",
+                vocab_size * embedding_dim + 4 * lstm_units * (embedding_dim + lstm_units + 1)
+                + (lstm_units + 1) * vocab_size)
     return tf.keras.Sequential([
         tf.keras.Input(shape=(sequence_length,), dtype="int32"),
         layers.Embedding(vocab_size, embedding_dim),
@@ -88,13 +121,15 @@ def create_transfer_model(base: tf.keras.Model, num_classes: int = 10,
     if not isinstance(base, tf.keras.Model):
         raise TypeError(f"base must be a Keras model, got {type(base).__name__}")
     num_classes = check_int("num_classes", num_classes, minimum=2)
+    if hidden_units is not None:
+        hidden_units = check_int("hidden_units", hidden_units, minimum=1)
     base.trainable = False
     inputs = tf.keras.Input(shape=base.input_shape[1:])
     x = base(inputs, training=False)
     if len(x.shape) > 2:
         x = layers.Flatten()(x)
-    if hidden_units:
-        x = layers.Dense(check_int("hidden_units", hidden_units, minimum=1), activation="relu")(x)
+    if hidden_units is not None:
+        x = layers.Dense(hidden_units, activation="relu")(x)
     outputs = layers.Dense(num_classes, activation="softmax")(x)
     return tf.keras.Model(inputs, outputs, name="transfer_model")
 

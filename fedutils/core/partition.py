@@ -13,6 +13,18 @@ import numpy as np
 from fedutils.core.checks import check_float, check_int, check_labels
 from fedutils.core.data import check_partitions
 
+# NumPy's own Dirichlet sampler is kept above this concentration (the course's splits stay the
+# same); below it, NumPy 1.25's sampler can loop forever (from about 1e-8) without answering
+# Ctrl-C, so the draw is made in log space instead.
+_SMALL_ALPHA = 1e-3
+# label_distribution's table is num_clients x num_classes counts; a label of 10**9 would ask
+# for gigabytes, so the table is refused above this many cells (80 MB of int64).
+MAX_TABLE_CELLS = 10**7
+MAX_PLOT_CLASSES = 40
+# iid_partition also takes a number of examples instead of labels; a mistyped count would
+# allocate its permutation (8 bytes an example), so counts above this are refused.
+MAX_EXAMPLES = 10**8
+
 
 def iid_partition(labels: Union[Sequence[int], np.ndarray, int], num_clients: int,
                   seed: int = 0) -> list[np.ndarray]:
@@ -52,22 +64,23 @@ def dirichlet_partition(labels: Any, num_clients: int, alpha: float, seed: int =
     proportions drawn from Dirichlet(alpha, ..., alpha).
 
     Small alpha (0.1) gives each client a few dominant classes; large alpha (100) is close to
-    IID. Draws are repeated (up to `max_tries`) until every client holds at least `min_size`
-    examples, as common implementations do.
+    IID; as alpha goes to 0 each class ends up on a single client. Draws are repeated (up to
+    `max_tries`) until every client holds at least `min_size` examples, as common
+    implementations do.
     """
     y = check_labels("labels", labels)
     num_clients = _check_num_clients(num_clients, len(y))
     alpha = check_float("alpha", alpha, low=0.0, low_inclusive=False)
     seed = check_int("seed", seed, minimum=0)
     min_size = check_int("min_size", min_size, minimum=1, maximum=len(y) // num_clients)
-    max_tries = check_int("max_tries", max_tries, minimum=1)
+    max_tries = check_int("max_tries", max_tries, minimum=1, maximum=10_000)
     rng = np.random.default_rng(seed)
     classes = np.unique(y)
     for _ in range(max_tries):
         parts: list[list[np.ndarray]] = [[] for _ in range(num_clients)]
         for label in classes:
             idx = rng.permutation(np.flatnonzero(y == label))
-            proportions = rng.dirichlet(np.full(num_clients, alpha))
+            proportions = _dirichlet(rng, alpha, num_clients)
             cuts = (np.cumsum(proportions)[:-1] * len(idx)).astype(int)
             for client, chunk in enumerate(np.split(idx, cuts)):
                 parts[client].append(chunk)
@@ -79,14 +92,38 @@ def dirichlet_partition(labels: Any, num_clients: int, alpha: float, seed: int =
                      "fewer clients or a smaller min_size")
 
 
+def _dirichlet(rng: np.random.Generator, alpha: float, size: int) -> np.ndarray:
+    """One draw from the symmetric Dirichlet(alpha, ..., alpha) on `size` clients.
+
+    For tiny alpha it normalises Gamma(alpha) variables written as Gamma(alpha + 1) * U^(1/alpha)
+    (Marsaglia & Tsang's boosting identity) in log space, which neither underflows nor loops."""
+    if alpha >= _SMALL_ALPHA:
+        return rng.dirichlet(np.full(size, alpha))
+    log_uniform = np.log1p(-rng.random(size))  # log of U in (0, 1]
+    log_gamma = np.log(rng.standard_gamma(alpha + 1.0, size)) + log_uniform / alpha
+    weights = np.exp(log_gamma - log_gamma.max())
+    return weights / weights.sum()
+
+
 def label_distribution(labels: Any, partitions: Sequence[Sequence[int]],
                        num_classes: Optional[int] = None) -> np.ndarray:
-    """Counts of each label on each client: an array of shape (num_clients, num_classes)."""
+    """Counts of each label on each client: an array of shape (num_clients, num_classes).
+
+    Column c counts label c, so labels must be class indices 0..C-1: a table wider than
+    `MAX_TABLE_CELLS` cells in all is refused rather than allocated."""
     y = check_labels("labels", labels)
     parts = check_partitions(partitions, len(y))
     if num_classes is None:
         num_classes = int(y.max()) + 1
+        name = f"labels (largest {num_classes - 1})"
+    else:
+        name = "num_classes"
     num_classes = check_int("num_classes", num_classes, minimum=int(y.max()) + 1)
+    if num_classes * len(parts) > MAX_TABLE_CELLS:
+        raise ValueError(f"{name} would make a table of {len(parts)} clients x {num_classes} "
+                         f"classes, more than {MAX_TABLE_CELLS:,} counts: labels must be class "
+                         "indices 0..C-1 (np.unique(labels, return_inverse=True)[1] maps any "
+                         "labels to them)")
     return np.stack([np.bincount(y[p], minlength=num_classes) for p in parts])
 
 
@@ -100,11 +137,19 @@ def label_skew(labels: Any, partitions: Sequence[Sequence[int]]) -> float:
 
 
 def plot_label_distribution(labels: Any, partitions: Sequence[Sequence[int]], ax=None,
-                            title: Optional[str] = None, class_names: Optional[Sequence[str]] = None):
-    """Stacked bar chart: one bar per client, coloured by label. Returns the matplotlib Axes."""
+                            title: Optional[str] = None,
+                            class_names: Optional[Sequence[str]] = None):
+    """Stacked bar chart: one bar per client, coloured by label (at most `MAX_PLOT_CLASSES`
+    classes: more colours cannot be told apart). Returns the matplotlib Axes."""
     import matplotlib.pyplot as plt
 
     counts = label_distribution(labels, partitions)
+    if counts.shape[1] > MAX_PLOT_CLASSES:
+        raise ValueError(f"labels go up to {counts.shape[1] - 1}: a stacked bar chart shows at "
+                         f"most {MAX_PLOT_CLASSES} classes; use label_distribution for the counts")
+    if class_names is not None and len(class_names) < counts.shape[1]:
+        raise ValueError(f"class_names must name all {counts.shape[1]} classes (labels 0.."
+                         f"{counts.shape[1] - 1}), got {len(class_names)} names")
     if ax is None:
         _, ax = plt.subplots(figsize=(min(12, 2 + 0.35 * len(counts)), 3.2))
     cmap = plt.get_cmap("tab10" if counts.shape[1] <= 10 else "tab20")
@@ -125,7 +170,8 @@ def plot_label_distribution(labels: Any, partitions: Sequence[Sequence[int]], ax
 
 def _num_examples(labels: Any) -> int:
     if isinstance(labels, (int, np.integer)) and not isinstance(labels, bool):
-        return check_int("labels", labels, minimum=1)
+        return check_int("labels (a number of examples)", labels, minimum=1,
+                         maximum=MAX_EXAMPLES)
     return len(check_labels("labels", labels))
 
 

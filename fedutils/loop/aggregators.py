@@ -48,8 +48,8 @@ class Aggregator:
                  rng: Any = None) -> Weights:
         updates = check_weight_list("updates", updates)
         ids = list(range(len(updates))) if client_ids is None else list(client_ids)
-        return self.aggregate(updates, num_examples, ids, check_rng(rng),
-                              self.initialize()).delta
+        return check_output(self.aggregate(updates, num_examples, ids, check_rng(rng),
+                                           self.initialize()), self).delta
 
 
 class FunctionAggregator(Aggregator):
@@ -60,7 +60,7 @@ class FunctionAggregator(Aggregator):
 
     def aggregate(self, updates, num_examples, client_ids, rng, state=None) -> Aggregate:
         out = self.function(updates, num_examples, client_ids, rng)
-        return out if isinstance(out, Aggregate) else Aggregate(out)
+        return check_output(out if isinstance(out, Aggregate) else Aggregate(out), self)
 
     def __repr__(self) -> str:
         return f"FunctionAggregator({getattr(self.function, '__name__', self.function)!r})"
@@ -72,11 +72,27 @@ def as_aggregator(aggregator: Any) -> Aggregator:
         return WeightedMean()
     if isinstance(aggregator, Aggregator):
         return aggregator
+    if isinstance(aggregator, type):
+        raise TypeError(f"aggregator must be an instance, such as {aggregator.__name__}(...), "
+                        f"not the class {aggregator.__name__} itself")
     if callable(aggregator):
         return FunctionAggregator(aggregator)
     raise TypeError("aggregator must be None (the weighted mean), a fedutils Aggregator or a "
                     "function f(updates, num_examples, client_ids, rng) returning the combined "
                     f"update, got {type(aggregator).__name__}")
+
+
+def check_output(out: Any, aggregator: Any) -> Aggregate:
+    """What `aggregator.aggregate` returned must be an `Aggregate` whose measurements are a dict
+    (its delta is checked against the model by `run_fedavg`)."""
+    if not isinstance(out, Aggregate):
+        raise TypeError(f"{aggregator!r}.aggregate must return an Aggregate(delta, measurements, "
+                        f"state), got {type(out).__name__}")
+    if not isinstance(out.measurements, dict):
+        raise TypeError(f"{aggregator!r} returned measurements of type "
+                        f"{type(out.measurements).__name__}; they must be a dict such as "
+                        "{'upload_bytes': 1234}")
+    return out
 
 
 def server_aggregate(client_weights: Sequence[Weights],

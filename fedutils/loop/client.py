@@ -74,9 +74,10 @@ def client_update(model: tf.keras.Model, dataset: Any, epochs: int = 1,
     proximal_mu = check_float("proximal_mu", proximal_mu, low=0.0)
     data = dataset if isinstance(dataset, ClientData) else as_client_data([dataset], "dataset")[0]
     check_against_model([data], model, "dataset")
-    start = (check_weights("global_weights", global_weights) if global_weights is not None
-             else [v.numpy() for v in model.trainable_variables])
-    anchor = [tf.constant(w) for w in start]
+    variables = model.trainable_variables
+    start = (check_weights("global_weights", global_weights, like=[v.numpy() for v in variables])
+             if global_weights is not None else [v.numpy() for v in variables])
+    anchor = [tf.constant(w, dtype=v.dtype) for w, v in zip(start, variables)]
     if correction is not None:
         correction = [tf.constant(c.astype(w.dtype, copy=False)) for c, w in
                       zip(check_weights("correction", correction, like=start), start)]

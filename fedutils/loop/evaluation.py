@@ -19,8 +19,9 @@ import weakref
 import numpy as np
 import tensorflow as tf
 
-from fedutils.core.checks import check_labels, check_weights
+from fedutils.core.checks import as_array, check_int, check_labels, check_weights
 from fedutils.core.clientdata import ClientData, as_client_data, check_against_model
+from fedutils.core.data import check_xy
 from fedutils.core.losses import per_example_loss, predicted_labels
 
 Weights = list  # a model's weights: list of NumPy arrays, as model.get_weights() returns
@@ -77,18 +78,19 @@ class FederatedEvaluation:
 def evaluate_weights(model: tf.keras.Model, weights: Weights, x: np.ndarray, y: np.ndarray
                      ) -> tuple[float, float]:
     """Loss and accuracy of `model` with `weights` on the arrays (x, y)."""
-    if not isinstance(model, tf.keras.Model):
-        raise TypeError(f"model must be a Keras model, got {type(model).__name__}")
-    model.set_weights(check_weights("weights", weights, like=model.get_weights()))
-    y = check_labels("y", y)
-    check_against_model([ClientData(np.asarray(x), y, 1)], model, "(x, y)")
-    return loss_and_accuracy(model, np.asarray(x), y)
+    _check_model(model)
+    weights = check_weights("weights", weights, like=model.get_weights())
+    x, y = as_array("x", x), check_labels("y", y)
+    check_xy(x, y)
+    check_against_model([ClientData(x, y, 1)], model, "(x, y)")
+    model.set_weights(weights)
+    return loss_and_accuracy(model, x, y)
 
 
 def loss_and_accuracy(model: tf.keras.Model, x: np.ndarray, y: np.ndarray
                       ) -> tuple[float, float]:
     """`evaluate_weights` without the checks, for loops that checked (x, y) once up front."""
-    probabilities = predict(model, x)
+    probabilities = _predict(model, x)
     loss = float(np.mean(per_example_loss(model, y, probabilities)))
     return loss, float(np.mean(predicted_labels(probabilities) == y))
 
@@ -99,12 +101,30 @@ _compiled_predict: "weakref.WeakKeyDictionary[tf.keras.Model, Any]" = weakref.We
 def predict(model: tf.keras.Model, x: np.ndarray, chunk: int = 4096) -> np.ndarray:
     """The model's outputs on x, in chunks, through one compiled function per model (calling
     an LSTM eagerly chunk after chunk grows memory by tens of MB per pass)."""
+    _check_model(model)
+    x = as_array("x", x)
+    expected = tuple(model.input_shape[1:])
+    if x.ndim < 1 or tuple(x.shape[1:]) != expected or len(x) == 0:
+        raise ValueError(f"x must be a non-empty array of examples of shape {expected} (shape "
+                         f"{(None,) + expected}), got shape {x.shape}")
+    if not (np.issubdtype(x.dtype, np.floating) or np.issubdtype(x.dtype, np.integer)):
+        raise TypeError(f"x must hold numbers, got dtype {x.dtype}")
+    return _predict(model, x, check_int("chunk", chunk, minimum=1))
+
+
+def _predict(model: tf.keras.Model, x: np.ndarray, chunk: int = 4096) -> np.ndarray:
+    """`predict` without the checks."""
     predict_fn = _compiled_predict.get(model)
     if predict_fn is None:
         predict_fn = tf.function(lambda t: model(t, training=False), reduce_retracing=True)
         _compiled_predict[model] = predict_fn
     return np.concatenate([predict_fn(tf.constant(x[i:i + chunk])).numpy()
                            for i in range(0, len(x), chunk)])
+
+
+def _check_model(model: Any) -> None:
+    if not isinstance(model, tf.keras.Model):
+        raise TypeError(f"model must be a Keras model, got {type(model).__name__}")
 
 
 def federated_evaluate(model: tf.keras.Model, client_datasets: Sequence[Any],
@@ -114,14 +134,13 @@ def federated_evaluate(model: tf.keras.Model, client_datasets: Sequence[Any],
     loss (mean cross-entropy per example) and accuracy, plus example-weighted and unweighted
     aggregates. All clients' examples go through the model in one pass.
     """
-    if not isinstance(model, tf.keras.Model):
-        raise TypeError(f"model must be a Keras model, got {type(model).__name__}")
+    _check_model(model)
     clients = as_client_data(client_datasets)
     check_against_model(clients, model, "client_datasets")
     if weights is not None:
         model.set_weights(check_weights("weights", weights, like=model.get_weights()))
     y = np.concatenate([c.y for c in clients])
-    probabilities = predict(model, np.concatenate([c.x for c in clients]))
+    probabilities = _predict(model, np.concatenate([c.x for c in clients]))
     losses = np.asarray(per_example_loss(model, y, probabilities), dtype=np.float64)
     correct = (predicted_labels(probabilities) == y).astype(np.float64)
     counts = np.array([len(c) for c in clients])

@@ -18,9 +18,10 @@ from typing import Any, Callable, Optional, Sequence, Union
 import numpy as np
 import tensorflow as tf
 
-from fedutils.core.checks import check_float, check_int, check_labels, check_weights
+from fedutils.core.checks import check_float, check_int, check_labels, check_rng, check_weights
 from fedutils.core.clientdata import ClientData, as_client_data, check_against_model
-from fedutils.loop.aggregators import as_aggregator, server_aggregate  # noqa: F401 (re-export)
+from fedutils.loop.aggregators import (as_aggregator, check_output,  # noqa: F401 (re-export)
+                                       server_aggregate)
 from fedutils.loop.client import (ClientResult, client_update,  # noqa: F401 (re-export)
                                   scaffold_control_update)
 from fedutils.loop.compiled import CompiledClients
@@ -46,14 +47,20 @@ class _ExpectedRetracing(logging.Filter):
 tf.get_logger().addFilter(_ExpectedRetracing())
 
 
+# One random number per client per round: beyond this many clients, a mistyped count would
+# allocate gigabytes inside NumPy, where no Ctrl-C reaches.
+MAX_CLIENTS = 10**7
+
+
 def sample_clients(num_clients: int, clients_per_round: Union[int, float, None],
                    availability: float, rng: np.random.Generator) -> np.ndarray:
     """Pick a round's participants: each client is online with probability `availability`,
     then `clients_per_round` of the online ones (a count, or a fraction of all clients; None
     means all) are drawn without replacement. May return an empty array: nobody came."""
-    num_clients = check_int("num_clients", num_clients, minimum=1)
+    num_clients = check_int("num_clients", num_clients, minimum=1, maximum=MAX_CLIENTS)
     clients_per_round = check_clients_per_round(clients_per_round, num_clients)
     availability = check_float("availability", availability, low=0.0, high=1.0)
+    rng = check_rng(rng)
     online = np.flatnonzero(rng.random(num_clients) < availability)
     if clients_per_round is None:
         wanted = num_clients
@@ -144,8 +151,9 @@ def run_fedavg(model_fn: Callable[[], tf.keras.Model], client_datasets: Sequence
         record["upload_bytes"] = 0
         if len(kept):
             updates = [[n - g for n, g in zip(new_weights[i], global_weights)] for i in kept]
-            out = aggregator.aggregate(updates, counts[kept], [int(chosen[i]) for i in kept],
-                                       rng, aggregator_state)
+            out = check_output(aggregator.aggregate(updates, counts[kept],
+                                                    [int(chosen[i]) for i in kept], rng,
+                                                    aggregator_state), aggregator)
             delta = _check_aggregate(out.delta, global_weights, aggregator)
             aggregator_state = out.state
             record["upload_bytes"] = len(kept) * model_bytes
@@ -258,6 +266,7 @@ def _check_optimizer(optimizer: Any) -> ServerOptimizer:
 
 def _check_eval_data(eval_data: Any, model: tf.keras.Model) -> tuple[np.ndarray, np.ndarray]:
     if not (isinstance(eval_data, (tuple, list)) and len(eval_data) == 2
+            and all(hasattr(a, "__len__") for a in eval_data)
             and len(eval_data[0]) == len(eval_data[1]) > 0):
         raise ValueError("eval_data must be a pair (x, y) of arrays with the same, "
                          "non-zero number of examples")

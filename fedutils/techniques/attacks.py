@@ -92,7 +92,7 @@ class Reconstruction:
 
 def invert_gradient(model: tf.keras.Model, gradient: Weights, batch_size: int,
                     labels: Optional[Any] = None, mean_prediction: Optional[Any] = None,
-                    steps: int = 2000, learning_rate: float = 0.3, distance: str = "l2",
+                    steps: int = 1000, learning_rate: float = 0.3, distance: str = "l2",
                     seed: int = 0) -> Reconstruction:
     """Deep Leakage from Gradients: find `batch_size` inputs whose gradient matches `gradient`.
 
