@@ -21,6 +21,7 @@ The layers, imports only downward (docs/architecture.md): core → loop → tech
 from __future__ import annotations
 
 import contextlib
+import importlib.abc
 import os
 import random
 import sys
@@ -69,3 +70,37 @@ def quiet_native_logs():
         os.dup2(saved, 2)
         os.close(devnull)
         os.close(saved)
+
+
+class _QuietTensorFlowImport(importlib.abc.MetaPathFinder):
+    """Loads TensorFlow inside `quiet_native_logs` the first time anything imports it.
+
+    TensorFlow 2.16+ on a machine without a GPU (Colab's CPU runtime, a laptop) writes "Could not
+    find cuda drivers on your machine" twice from C++ while it loads, before any log setting
+    applies, and a notebook shows those lines under the cell. Lessons import fedutils first, so
+    whichever import then loads TensorFlow (the lesson's or a fedutils module's) loads it quietly.
+    Only that one module's loading is silenced, once; Python warnings and errors still show.
+    """
+
+    def find_spec(self, name, path=None, target=None):
+        if name != "tensorflow":
+            return None
+        sys.meta_path[:] = [f for f in sys.meta_path if f is not self]
+        for finder in sys.meta_path:
+            spec = finder.find_spec(name, path, target) if hasattr(finder, "find_spec") else None
+            if spec is not None:
+                break
+        else:
+            return None
+        load = getattr(spec.loader, "exec_module", None)
+        if load is not None:
+            def exec_module(module):
+                with quiet_native_logs():
+                    load(module)
+            spec.loader.exec_module = exec_module
+        return spec
+
+
+if "tensorflow" not in sys.modules and not any(
+        type(f).__name__ == _QuietTensorFlowImport.__name__ for f in sys.meta_path):
+    sys.meta_path.insert(0, _QuietTensorFlowImport())

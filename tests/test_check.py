@@ -47,6 +47,28 @@ def test_missing_or_wrong_package_fails(monkeypatch, capsys):
     assert "check(s) failed" in out
 
 
+def test_summary_is_one_line_here_and_lists_only_failures(monkeypatch):
+    line = check.summary()
+    assert line.startswith("[OK] ") and "\n" not in line
+    assert f"all {len(check.results()[1])} checks passed" in line
+    if check.profile() == "course":
+        assert "4 upstream pins overridden on purpose" in line  # jax, jaxlib, typing-ext., packaging
+    real = check.installed_version
+    monkeypatch.setattr(check, "installed_version",
+                        lambda name: "0.0.1" if name == "tensorflow" else real(name))
+    header, *failed = check.summary().splitlines()
+    assert header.startswith("[FAIL] ") and f"1 of {len(check.results()[1])} checks failed" in header
+    assert len(failed) == 1 and re.match(r"\[FAIL\] tensorflow +0\.0\.1 ", failed[0])
+
+
+def test_main_prints_the_same_lines_as_results(capsys):
+    check.main()
+    out = capsys.readouterr().out.splitlines()
+    lines = [line for _, line in check.results()[1]]
+    assert [ln for ln in out if ln.startswith("[")] == lines
+    assert out[1].strip().startswith("environment: ")
+
+
 def test_modern_profile_treats_missing_tff_as_ok():
     ok, line = check.check_line(check.MODERN[2])
     if check.installed_version("tensorflow-federated") is None:

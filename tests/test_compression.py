@@ -238,6 +238,55 @@ def test_compression_aggregator_averages_weighted_by_examples():
     np.testing.assert_allclose(agg([a, b], np.array([3, 1]))[0], [0.75, 0.0, 0.0, 1.0])
 
 
+def test_stochastic_quantize_aggregator_rounds_at_random_with_the_rounds_rng():
+    """stochastic=True: each client's update is quantize(..., stochastic=True) drawn from the
+    round's rng, in client order (so a seeded run is reproducible); the default is nearest."""
+    rng = np.random.default_rng(0)
+    updates = [[rng.normal(size=(6, 5)), rng.normal(size=3)] for _ in range(3)]
+    counts = np.array([2, 5, 1])
+    agg = compression.CompressionAggregator("quantize", bits=2, error_feedback=False,
+                                            stochastic=True)
+    out = agg.aggregate(updates, counts, [0, 1, 2], np.random.default_rng(9))
+    draws = np.random.default_rng(9)
+    by_hand = [compression.dequantize(compression.quantize(u, 2, stochastic=True, rng=draws))
+               for u in updates]
+    for a, b in zip(out.delta, fedavg.server_aggregate(by_hand, counts)):
+        np.testing.assert_allclose(a, b, rtol=1e-12, atol=1e-12)
+    nearest = compression.CompressionAggregator("quantize", bits=2, error_feedback=False)
+    assert not nearest.stochastic and "stochastic" not in repr(nearest)
+    by_nearest = [compression.dequantize(compression.quantize(u, 2)) for u in updates]
+    for a, b in zip(nearest.aggregate(updates, counts, [0, 1, 2], None).delta,
+                    fedavg.server_aggregate(by_nearest, counts)):
+        np.testing.assert_allclose(a, b, rtol=1e-12, atol=1e-12)
+    assert "stochastic=True" in repr(agg)
+    assert out.measurements["upload_bytes"] == 3 * ((30 * 2 + 7) // 8 + 8 + 1 + 8)
+
+
+def test_stochastic_quantize_aggregator_is_unbiased_and_nearest_is_not():
+    """Averaged over many rounds, 1-bit stochastic rounding gives the true mean update; nearest
+    rounding keeps its error however often it is repeated."""
+    update = [np.array([0.1, 0.2, 0.3, 1.0, -1.0])]
+    stochastic = compression.CompressionAggregator("quantize", bits=1, error_feedback=False,
+                                                   stochastic=True)
+    nearest = compression.CompressionAggregator("quantize", bits=1, error_feedback=False)
+    rng = np.random.default_rng(1)
+    mean = np.mean([stochastic([update], rng=rng)[0] for _ in range(4000)], axis=0)
+    np.testing.assert_allclose(mean, update[0], atol=0.05)
+    assert np.max(np.abs(nearest([update])[0] - update[0])) > 0.25
+
+
+def test_stochastic_quantize_aggregator_trains_reproducibly(digits_clients):
+    agg = compression.CompressionAggregator("quantize", bits=2, stochastic=True,
+                                            error_feedback=False)
+    first, second = run(*digits_clients, agg), run(*digits_clients, agg)
+    for a, b in zip(first.final_weights, second.final_weights):
+        np.testing.assert_array_equal(a, b)
+    nearest = run(*digits_clients, compression.CompressionAggregator(
+        "quantize", bits=2, error_feedback=False))
+    assert max(float(np.max(np.abs(a - b)))
+               for a, b in zip(first.final_weights, nearest.final_weights)) > 1e-4
+
+
 # --- bad input ------------------------------------------------------------------------------
 
 ONE = [np.ones(4, np.float32)]
@@ -260,6 +309,8 @@ ONE = [np.ones(4, np.float32)]
     (lambda: compression.CompressionAggregator("top_k", ratio=0.1, bits=8), "bits"),
     (lambda: compression.CompressionAggregator("quantize", bits=8, ratio=0.1), "ratio"),
     (lambda: compression.CompressionAggregator("quantize", bits=64), "bits"),
+    (lambda: compression.CompressionAggregator("top_k", ratio=0.1, stochastic=True),
+     "stochastic is for method 'quantize'"),
     (lambda: compression.CompressionAggregator("top_k", ratio=0.1)([], [], [], None), "empty"),
     (lambda: compression.CompressionAggregator("top_k", ratio=0.1)(
         [ONE, [np.ones(3)]], [1, 1], [0, 1], None), "shape"),
@@ -276,6 +327,8 @@ def test_bad_input_raises_a_clear_value_error(call, match):
     (lambda: compression.dequantize(ONE), "Quantized"),
     (lambda: compression.ErrorFeedback().compress(0, ONE, "top_k"), "compress_fn"),
     (lambda: compression.random_k_sparsify(ONE, 0.5, rng="x"), "rng"),
+    (lambda: compression.CompressionAggregator("quantize", bits=2, stochastic="yes"),
+     "stochastic must be True or False"),
 ])
 def test_bad_types_raise_a_clear_type_error(call, match):
     with pytest.raises(TypeError, match=match):

@@ -50,8 +50,10 @@ def test_datasets_by_hand_agree_with_make_client_datasets(digits_split, split, b
     assert not ns["same_datasets"](by_hand, other_seed), "the comparison must be able to fail"
 
 
-def test_bytes_sent_and_kept(digits_split):
-    from fedutils import data, models, partition
+def test_bytes_both_ways_and_kept(digits_split):
+    """The lesson's byte counts: the model down equals the weights up, and both equal what
+    run_fedavg records per participating client and round."""
+    from fedutils import data, fedavg, models, partition
 
     x, y = data.load_iris_binary()
     parts = partition.iid_partition(y, 3, seed=0)
@@ -59,18 +61,33 @@ def test_bytes_sent_and_kept(digits_split):
     ns = run_cells("def weight_bytes(", x=x, y=y, parts=parts, packaged=packaged)
     digits_model = models.create_digits_model()
     assert ns["weight_bytes"](digits_model.get_weights()) == 4 * digits_model.count_params()
+    assert ns["weight_bytes"](ns["received"]) == ns["weight_bytes"](ns["result"].weights) == 4 * 61
     assert ns["kept"] == len(parts[0]) * (4 * 4 + 4)
     assert ns["result"].num_examples == len(parts[0])
+    history = fedavg.run_fedavg(models.create_keras_model, packaged, rounds=2, progress=False)
+    assert history["download_bytes"] == history["upload_bytes"] == [3 * 4 * 61] * 2
 
 
-def test_rounds_to_exceed_solution_matches_a_count():
+def exercise_3_names(budget):
     from fedutils import data, models
 
     x_digits, y_digits = data.load_digits()
-    model_bytes = 4 * models.create_digits_model().count_params()
-    ns = run_cells("rounds_to_exceed =", y_digits=y_digits, model_bytes=model_bytes,
-                   bytes_per_example=x_digits[0].nbytes + y_digits[0].nbytes)
-    kept, rounds = (len(y_digits) // 5) * (64 * 4 + 4), 0
-    while rounds * model_bytes <= kept:
-        rounds += 1
-    assert ns["rounds_to_exceed"] == rounds
+    ns = run_cells("PHONES, BUDGET = ", x_digits=x_digits, y_digits=y_digits,
+                   model_bytes=4 * models.create_digits_model().count_params())
+    ns["BUDGET"] = budget  # a smaller budget: fewer rounds, same decision to make
+    return ns
+
+
+def test_byte_budget_check_accepts_the_solution_and_rejects_wrong_answers():
+    names = exercise_3_names(150_000)  # 3 participations per phone
+    names = {k: v for k, v in names.items() if not k.startswith("__")}
+    solved = run_cells("# SOLUTION\nper_round =", "# CHECK\naffordable =", **names)
+    assert solved["plan_rounds"] == {"A": 3, "B": 12}
+    assert solved["most_traffic"] == 3 * 2 * 4 * 4810  # every phone in every round of A
+    answer = {k: solved[k] for k in ("plan_rounds", "plan_accuracy", "most_traffic", "choice")}
+    wrong_choice = {"A": "B", "B": "A"}[solved["choice"]]
+    for wrong in ({"choice": wrong_choice},
+                  {"plan_rounds": {"A": 3, "B": 3}},  # forgot that B's phones sit out rounds
+                  {"most_traffic": 2 * 150_000}):
+        with pytest.raises(AssertionError):
+            run_cells("# CHECK\naffordable =", **{**names, **answer, **wrong})

@@ -2,23 +2,19 @@
 
 The lesson's own cells are read from the notebook and executed here on small data: its TFF
 loop (`make_model_fn`, `build_process`, `tff_fedavg_loop`) must train the same model as
-`fedutils.fedavg.run_fedavg`, and its `unmet_requirements` must find exactly the unmet pins.
+`fedutils.fedavg.run_fedavg`, with the slide's server optimizer and with server momentum; the
+slide's Keras optimizer must be rejected as the lesson says; exercise 1's check must accept the
+solution and reject wrong answers.
 """
-import time
-from importlib import metadata
 from functools import partial
 from pathlib import Path
-from types import SimpleNamespace
 
 import nbformat
 import numpy as np
 import pytest
 import tensorflow as tf
-from packaging.requirements import Requirement
-from packaging.utils import canonicalize_name
-
 import fedutils
-from fedutils import data, fedavg, models, tff_bridge
+from fedutils import data, fedavg, models, partition, server_optimizers, tff_bridge
 
 import lesson_code
 
@@ -40,7 +36,7 @@ def run_cells(namespace: dict, *markers: str) -> dict:
 @needs_tff
 def test_lesson_tff_loop_trains_the_same_model_as_run_fedavg():
     tff = tff_bridge.import_tff()
-    ns = run_cells({"tff": tff, "tf": tf, "np": np, "time": time, "models": models,
+    ns = run_cells({"tff": tff, "tf": tf, "np": np, "models": models,
                     "fedavg": fedavg, "CLIENT_LR": 0.1, "SERVER_LR": 1.0},
                    "def make_model_fn(", "def tff_fedavg_loop(")
     x, y = data.load_digits()
@@ -69,23 +65,63 @@ def test_lesson_tff_loop_trains_the_same_model_as_run_fedavg():
     assert records[1]["train_loss"] < records[0]["train_loss"]
 
 
-def test_unmet_requirements_finds_missing_and_mismatched_pins():
-    ns = run_cells({"metadata": metadata, "Requirement": Requirement,
-                    "canonicalize_name": canonicalize_name}, "def installed_version(")
-    exec(cell("def unmet_requirements("), ns)
-    fake = SimpleNamespace(
-        requires=lambda name: ["numpy==0.0.1", "surely-not-an-installed-package>=1",
-                               "pywin32; sys_platform == 'win32' and sys_platform == 'linux'",
-                               "pytest[testing]; extra == 'dev'", "tensorflow>=2"],
-        version=metadata.version, PackageNotFoundError=metadata.PackageNotFoundError)
-    ns["metadata"] = fake
-    assert ns["unmet_requirements"]("anything") == {
-        "numpy": ("==0.0.1", np.__version__), "surely-not-an-installed-package": (">=1", None)}
-    ns["metadata"] = metadata
-    assert ns["unmet_requirements"]("nbformat") == {}
-    if ns["installed_version"]("tensorflow-federated"):
-        unmet = ns["unmet_requirements"]("tensorflow-federated")
-        assert set(unmet) == {"jax", "jaxlib", "typing-extensions"}, unmet
+@needs_tff
+def test_lesson_server_momentum_matches_fedutils_and_keras_optimizer_is_rejected(capsys):
+    tff = tff_bridge.import_tff()
+    x, y = data.load_digits()
+    datasets = data.make_client_datasets(x[:120], y[:120], [range(0, 50), range(50, 120)],
+                                         batch_size=20, seed=0)
+    ns = run_cells({"tff": tff, "tf": tf, "np": np, "models": models, "fedavg": fedavg,
+                    "CLIENT_LR": 0.1, "SERVER_LR": 1.0, "tff_bridge": tff_bridge,
+                    "client_datasets": datasets},
+                   "def make_model_fn(", "def tff_fedavg_loop(",
+                   "rejects the slide's Keras optimizer")
+    assert "rejects the slide's Keras optimizer: AttributeError: 'function' object has no " \
+           "attribute 'initialize'" in capsys.readouterr().out
+    fedutils.set_seed(0)
+    initial = models.create_digits_model().get_weights()
+    process = ns["build_process"](datasets[0].element_spec,
+                                  server_optimizer=tff.learning.optimizers.build_sgdm(
+                                      learning_rate=0.5, momentum=0.9))
+    state, _, _ = ns["tff_fedavg_loop"](process, datasets, initial, 3, x[200:300], y[200:300])
+    ours = fedavg.run_fedavg(models.create_digits_model, datasets, rounds=3, client_lr=0.1,
+                             server_optimizer=server_optimizers.sgd(0.5, momentum=0.9),
+                             initial_weights=initial, progress=False)
+    theirs = list(process.get_model_weights(state).trainable)
+    assert max(float(np.max(np.abs(a - b))) for a, b in zip(theirs, ours.final_weights)) < 1e-5
+
+
+def exercise_1(**overrides):
+    """The lesson's exercise 1 set-up on its data (digits, ten clients), with `overrides`."""
+    x, y = data.load_digits()
+    x_train, _, y_train, _ = data.train_test_split(x, y, test_fraction=0.25, seed=0)
+    names = {"x_train": x_train, "y_train": y_train, "NUM_CLIENTS": 10, "BATCH_SIZE": 20,
+             "CLIENT_LR": 0.1, "np": np, "data": data, "partition": partition,
+             "fedavg": fedavg, "models": models, "server_optimizers": server_optimizers,
+             "fedutils": fedutils}
+    ns = run_cells(names, "SERVER_LRS, EXERCISE_ROUNDS, EXERCISE_SEEDS =")
+    ns.update(overrides)
+    return ns
+
+
+def test_exercise_1_check_accepts_the_solution_and_rejects_wrong_answers():
+    ns = run_cells(exercise_1(EXERCISE_ROUNDS=2, EXERCISE_SEEDS=(0, 1)), "# SOLUTION\ndef validation_accuracy(",
+                   "# CHECK\nassert set(server_lr_accuracy)")
+    spreads, best = ns["server_lr_accuracy"], ns["best_server_lr"]
+    assert best == max(spreads, key=lambda lr: spreads[lr].mean)
+    worst = min(spreads, key=lambda lr: spreads[lr].mean)
+    assert worst != best
+    # the solution's runs are run_fedavg with the server's SGD at that learning rate
+    fedutils.set_seed(1)
+    reference = fedavg.run_fedavg(models.create_digits_model, ns["fit_clients"], rounds=2,
+                                  client_lr=0.1, server_optimizer=server_optimizers.sgd(2.0),
+                                  eval_data=(ns["x_val"], ns["y_val"]), seed=1, progress=False)
+    assert spreads[2.0].values[1] == pytest.approx(reference["accuracy"][-1], abs=1e-9)
+    check = "# CHECK\nassert set(server_lr_accuracy)"
+    for wrong in ({"best_server_lr": worst},
+                  {"server_lr_accuracy": {lr: s for lr, s in spreads.items() if lr != 0.5}}):
+        with pytest.raises(AssertionError):
+            run_cells({**ns, **wrong}, check)
 
 
 def test_migration_table_names_every_replacement():

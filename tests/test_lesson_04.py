@@ -1,5 +1,7 @@
-"""Lesson 04 writes the client update from scratch; these tests run the lesson's own cells
-(found by the function they define) on small data and hold them to fedutils.fedavg."""
+"""Lesson 04 writes the client update from scratch, counts FedSGD's and FedAvg's rounds to a
+target and measures drift; these tests run the lesson's own cells (found by the function they
+define) on small data and hold them to fedutils.fedavg and to hand computations, and check that
+the exercises' checks accept the solutions and reject wrong answers."""
 from functools import partial
 from pathlib import Path
 
@@ -80,10 +82,10 @@ def test_proximal_solution_agrees_with_fedutils(small):
     assert max_difference(weights, reference.weights) < 1e-6
 
 
-def test_drift_stats_measure_what_the_lesson_says(small):
-    ns = run_cells("def drift_stats(", model=small["model"], global_weights=small["weights"],
-                   iid_datasets=small["datasets"][:2], shard_datasets=small["datasets"][2:],
-                   LR=0.1, EPOCHS=1, NUM_CLIENTS=2)
+def test_drift_stats_and_updates_after_measure_what_the_lesson_says(small):
+    from fedutils import data, fedavg
+
+    ns = run_cells("def drift_stats(", global_weights=small["weights"], LR=0.1)
     drift_stats = ns["drift_stats"]
     counts = np.array([1.0, 3.0])
     same = drift_stats(np.array([[3.0, 4.0], [3.0, 4.0]]), counts)
@@ -93,7 +95,97 @@ def test_drift_stats_measure_what_the_lesson_says(small):
     opposite = drift_stats(np.array([[3.0, 4.0], [-1.0, -4.0 / 3.0]]), counts)
     assert opposite["norm of average"] == pytest.approx(0.0, abs=1e-12)  # 1*d + 3*(-d/3) = 0
     assert opposite["between clients"] == pytest.approx(np.hypot(4.0, 16.0 / 3.0))
-    # the lesson's own run: one entry per epoch for each split, updates measured from the start
-    deltas = ns["drift"]["IID"]["deltas"]
-    assert deltas.shape == (1, 2, sum(w.size for w in small["weights"]))
-    assert np.all(np.linalg.norm(deltas, axis=-1) > 0)
+    # updates_after: every client trained alone from the global weights, as client_update does
+    clients = data.as_client_data(small["datasets"][:3])
+    for epochs in (1, 3):
+        deltas = ns["updates_after"](clients, epochs)
+        model = small["model"]
+        for client, delta in zip(clients, deltas):
+            model.set_weights(small["weights"])
+            reference = fedavg.client_update(model, client, epochs=epochs, learning_rate=0.1)
+            expected = ns["flatten"](reference.weights) - ns["flatten"](small["weights"])
+            np.testing.assert_allclose(delta, expected, atol=2e-6)
+    prox = ns["updates_after"](clients[:1], 2, proximal_mu=0.5)[0]
+    model.set_weights(small["weights"])
+    reference = fedavg.client_update(model, clients[0], epochs=2, learning_rate=0.1,
+                                     proximal_mu=0.5)
+    np.testing.assert_allclose(prox, ns["flatten"](reference.weights)
+                               - ns["flatten"](small["weights"]), atol=2e-6)
+
+
+def test_fedsgd_round_is_one_full_batch_gradient_step_on_any_split(small):
+    """FedSGD as the lesson builds it (batched(..., None), one epoch) = one step of gradient
+    descent on all the clients' examples pooled, written here with GradientTape."""
+    import tensorflow as tf
+
+    from fedutils import data, fedavg, models
+
+    ns = run_cells("def batched(")
+    clients = data.as_client_data(small["datasets"])
+    x = np.concatenate([c.x for c in clients])
+    y = np.concatenate([c.y for c in clients])
+    model = small["model"]
+    model.set_weights(small["weights"])
+    with tf.GradientTape() as tape:
+        loss = tf.reduce_mean(tf.keras.losses.sparse_categorical_crossentropy(y, model(x)))
+    grads = tape.gradient(loss, model.trainable_variables)
+    by_hand = [w - 0.5 * g.numpy() for w, g in zip(small["weights"], grads)]
+    fedsgd = fedavg.run_fedavg(models.create_digits_model, ns["batched"](clients, None),
+                               rounds=1, client_lr=0.5, initial_weights=small["weights"],
+                               progress=False).final_weights
+    assert max_difference(fedsgd, by_hand) < 1e-6
+    # another split of the same examples: the same FedSGD round
+    order = np.random.default_rng(0).permutation(len(y))
+    other = data.make_client_data(x, y, np.array_split(order, 2), batch_size=7, seed=0)
+    again = fedavg.run_fedavg(models.create_digits_model, ns["batched"](other, None), rounds=1,
+                              client_lr=0.5, initial_weights=small["weights"],
+                              progress=False).final_weights
+    assert max_difference(again, fedsgd) < 1e-6
+
+
+def test_rounds_to_target_is_the_first_round_at_the_target(small, digits_split):
+    from fedutils import data, fedavg, models
+
+    x_train, x_test, y_train, y_test = digits_split
+    ns = run_cells("def batched(")
+    ns.update(TARGET=0.5, MAX_ROUNDS={"FedSGD": 4})
+    clients = data.as_client_data(small["datasets"])
+    found = ns["rounds_to_target"]("FedAvg E=1 B=20", clients, 0.3, (x_test, y_test), seed=1)
+    import fedutils
+    fedutils.set_seed(1)
+    history = fedavg.run_fedavg(models.create_digits_model, ns["batched"](clients, 20), rounds=30,
+                                client_lr=0.3, eval_data=(x_test, y_test), seed=1, progress=False)
+    accuracy = np.array(history["accuracy"])
+    assert found == int(np.argmax(accuracy >= 0.5)) + 1 and accuracy[found - 2] < 0.5
+    ns["TARGET"] = 1.01  # never reached
+    assert ns["rounds_to_target"]("FedSGD", clients, 0.3, (x_test, y_test), seed=1) == np.inf
+
+
+def test_exercise_2_check_accepts_the_solution_and_rejects_a_wrong_scale(small, digits_split):
+    x_train, _, y_train, _ = digits_split
+    names = dict(model=small["model"], global_weights=small["weights"], x_train=x_train,
+                 y_train=y_train, BATCH_SIZE=20, LR=0.1, iid_datasets=small["datasets"])
+    ns = run_cells("def slide_client_update(", "def drift_stats(", **names)
+    solved = run_cells("def slide_client_update(", "def drift_stats(", "# SOLUTION\nuneven_parts",
+                       "# CHECK\nexpected = fedavg.server_aggregate", **names)
+    assert 0 < solved["relative_difference"] < 1
+    answer = {k: solved[k] for k in ("weighted_update", "updates", "counts")}
+    with pytest.raises(AssertionError):  # max |difference| is not the asked-for scale
+        run_cells("def slide_client_update(", "def drift_stats(",
+                  "# CHECK\nexpected = fedavg.server_aggregate", **names, **answer,
+                  relative_difference=ns["max_difference"](solved["weighted_update"],
+                                                           solved["plain_update"]))
+
+
+def test_exercise_3_check_accepts_the_solution_and_rejects_a_wrong_verdict(small):
+    names = dict(global_weights=small["weights"], LR=0.1, NUM_CLIENTS=10)
+    ns = run_cells("def drift_stats(", **names)
+    ns.update(EPOCH_POINTS=(1, 5), SEEDS=(0, 1))  # a smaller drift experiment
+    exec(compile(lesson_cell("SPLIT_NAMES = "), "drift", "exec"), ns)
+    for marker in ("# SOLUTION\nshard_groups", "# CHECK\nassert isinstance(prox_distance"):
+        exec(compile(lesson_cell(marker), marker, "exec"), ns)
+    assert ns["prox_distance"].mean < ns["at"](ns["spread"]["2 digits per client", "from global"],
+                                              5).mean
+    ns["agree_more"] = not ns["agree_more"]
+    with pytest.raises(AssertionError):
+        exec(compile(lesson_cell("# CHECK\nassert isinstance(prox_distance"), "check", "exec"), ns)

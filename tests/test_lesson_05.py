@@ -2,8 +2,11 @@
 
 The lesson's cells are read from the notebook and executed here: its two means must equal
 `fedutils.fedavg.server_aggregate`, its unweighted aggregator must make `run_fedavg` take the
-plain mean, relabelling hidden units must leave the network's function unchanged, and a
-one-step weighted round must equal a gradient step on the pooled data.
+plain mean, relabelling hidden units must leave the network's function unchanged, a one-step
+weighted round must equal a gradient step on the pooled data, and problem 2's federation must be
+what it says for every seed. The exercises' checks must accept the solution and reject a wrong
+answer. (The lesson itself asserts that TFF's weighted and unweighted FedAvg take the same step
+as run_fedavg with the matching mean.)
 """
 from functools import partial
 from pathlib import Path
@@ -111,3 +114,71 @@ def test_one_step_weighted_round_is_a_pooled_gradient_step(lesson):
     pooled = lesson["pooled_gradient_step"](model, initial, x[:130], y[:130], 0.1)
     assert max_diff(fedavg.server_aggregate(one_step, [7, 83, 40]), pooled) < 1e-5
     assert max_diff(fedavg.server_aggregate(one_step), pooled) > 1e-3
+
+
+def test_federation_parts_deals_small_and_large_clients(lesson):
+    """Problem 2's federation for any seed: disjoint parts covering the training digits; the
+    small clients hold only 0/1/7 when skewed, random digits in the control."""
+    x, y = data.load_digits()
+    x_train, _, y_train, _ = data.train_test_split(x, y, test_fraction=0.25, seed=0)
+    ns = dict(lesson, y_train=y_train, SMALL_LABELS=(0, 1, 7), NUM_SMALL=20, SMALL_SIZE=5,
+              NUM_LARGE=5)
+    source = cell("def federation_parts(")
+    source = source[source.index("def federation_parts("):]
+    exec(source[:source.index("\n\n\n")], ns)
+    for seed in (0, 3):
+        for skewed in (True, False):
+            parts = ns["federation_parts"](seed, skewed)
+            everything = np.concatenate(parts)
+            assert len(parts) == 25 and len(everything) == len(y_train)
+            assert len(np.unique(everything)) == len(y_train)
+            assert all(len(p) == 5 for p in parts[:20])
+            small_labels = np.isin(y_train[np.concatenate(parts[:20])], (0, 1, 7))
+            assert small_labels.all() if skewed else not small_labels.all()
+    assert not np.array_equal(ns["federation_parts"](0)[0], ns["federation_parts"](1)[0])
+
+
+def exercise_check(marker: str, **names):
+    """Run the exercise's # CHECK cell (found by `marker`) with `names` as the learner's."""
+    source = cell(marker)
+    assert source.startswith("# CHECK")
+    exec(compile(source, f"check: {marker}", "exec"), {"np": np, "fedavg": fedavg, **names})
+
+
+def test_exercise_1_check_accepts_the_solution_and_rejects_averaged_weights(clients):
+    weights, counts = clients
+    rng = np.random.default_rng(3)
+    initial = [w + rng.normal(0, 0.1, w.shape).astype(np.float32) for w in weights[0]]
+    local = [[w + rng.normal(0, 0.1, w.shape).astype(np.float32) for w in initial]
+             for _ in range(3)]
+    by_hand = fedavg.server_aggregate(local, counts)
+    updates = [[w - g for w, g in zip(c, initial)] for c in local]
+    via = [g + d for g, d in zip(initial, fedavg.server_aggregate(updates, counts))]
+    from_updates = [g + sum(u[t] for u in updates) / 30 for t, g in enumerate(initial)]
+    from_weights = [sum(c[t] for c in local) / 30 for t in range(len(initial))]
+    names = dict(by_hand=by_hand, initial_weights=initial, local_weights=local,
+                 max_diff=max_diff, via_updates=via)
+    exercise_check("max_diff(via_updates, by_hand) < 1e-5", from_updates=from_updates,
+                   from_weights=from_weights, **names)
+    with pytest.raises(AssertionError):   # the two swapped
+        exercise_check("max_diff(via_updates, by_hand) < 1e-5", from_updates=from_weights,
+                       from_weights=from_updates, **names)
+
+
+def test_exercise_2_check_accepts_a_cap_and_rejects_the_plain_weighted_mean():
+    history = fedavg.History(rounds=[{"round": r, "accuracy": 0.9} for r in range(1, 31)])
+    names = dict(capped_runs=[history] * 3, SEEDS=(0, 1, 2), ROUNDS=30)
+
+    def capped_mean(updates, num_examples, client_ids, rng):
+        return fedavg.server_aggregate(updates, np.minimum(num_examples, 50))
+
+    def weighted_mean(updates, num_examples, client_ids, rng):
+        return fedavg.server_aggregate(updates, num_examples)
+
+    exercise_check("assert len(capped_runs) == len(SEEDS)", capped_mean=capped_mean, **names)
+    with pytest.raises(AssertionError):
+        exercise_check("assert len(capped_runs) == len(SEEDS)", capped_mean=weighted_mean,
+                       **names)
+    with pytest.raises(AssertionError):   # one run is not a result over seeds
+        exercise_check("assert len(capped_runs) == len(SEEDS)", capped_mean=capped_mean,
+                       **dict(names, capped_runs=[history]))

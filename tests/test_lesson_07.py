@@ -2,7 +2,8 @@
 
 The functions are taken from the notebook's own cells (found by their `def`/`class` line and
 executed), so a change in the lesson that breaks agreement fails here. The last test checks the
-lesson's description of TFF's compression_aggregator() against the installed TFF source.
+lesson's description of TFF's compression_aggregator() against the installed TFF source; the
+exercises' checks must accept the solution and reject a wrong answer.
 """
 from __future__ import annotations
 
@@ -134,3 +135,77 @@ def test_tff_compression_aggregator_is_as_the_lesson_describes():
     ours = compression.quantize([x], 8).codes[0]
     assert np.abs(codes - ours).max() <= 1  # float32 vs float64 scaling at a rounding boundary
     assert np.mean(codes == ours) > 0.99
+
+
+def check_cell(marker: str) -> str:
+    cells = [c.source for c in nbformat.read(LESSON, as_version=4).cells
+             if c.cell_type == "code" and marker in c.source]
+    assert len(cells) == 1 and cells[0].startswith("# CHECK"), marker
+    return cells[0]
+
+
+def test_exercise_1_check_accepts_the_fitting_candidates_and_rejects_others():
+    from fedutils import fedavg
+
+    source = check_cell("assert set(budget_results) ==")
+    spreads = {"top-k 5% + EF": fedavg.Spread([0, 1, 2], np.array([0.89, 0.9, 0.91])),
+               "2-bit stochastic": fedavg.Spread([0, 1, 2], np.array([0.9, 0.9, 0.92]))}
+    fits = ["top-k 1% + EF", "top-k 2% + EF", "top-k 5% + EF", "1-bit stochastic",
+            "2-bit stochastic"]
+    # the budget itself: these are the candidates within 1,500 bytes
+    weights = [np.zeros(s, np.float32) for s in DIGITS_SHAPES]
+    assert [r for r in (0.01, 0.02, 0.05, 0.1)
+            if compression.payload_bytes(weights, "sparse", ratio=r) <= 1500] == [0.01, 0.02, 0.05]
+    assert [b for b in (1, 2, 4, 8)
+            if compression.payload_bytes(weights, "quantized", bits=b) <= 1500] == [1, 2]
+    names = dict(fits=fits, budget_results=spreads, SEEDS=(0, 1, 2))
+    exec(source, dict(names, choice="2-bit stochastic"))
+    with pytest.raises(AssertionError):
+        exec(source, dict(names, choice="top-k 5% + EF"))          # not the better one
+    with pytest.raises(AssertionError):
+        exec(source, dict(names, fits=fits + ["top-k 10% + EF"], choice="2-bit stochastic"))
+
+
+def test_exercise_3_check_accepts_the_both_ways_factors_and_rejects_upload_only():
+    from fedutils import fedavg
+
+    source = check_cell("factor_dense_down < 2 < factor_8bit_down")
+    weights = [np.zeros(s, np.float32) for s in DIGITS_SHAPES]
+    rounds, clients = 30, 30
+
+    def history(up):
+        return fedavg.History(rounds=[{"round": r + 1, "upload_bytes": up,
+                                       "download_bytes": clients * 19_240}
+                                      for r in range(rounds)])
+
+    baseline, ef_run = history(clients * 19_240), history(clients * 298)
+    dense = 2 * rounds * clients * 19_240
+    up = rounds * clients * 298
+    names = dict(baseline=baseline, histories={"top-k 1% + EF": [ef_run]}, ROUNDS=rounds,
+                 NUM_CLIENTS=clients, initial_weights=weights, math=math)
+    right = dict(factor_dense_down=dense / (up + rounds * clients * 19_240),
+                 factor_8bit_down=dense / (up + rounds * clients * 4_842))
+    exec(source, dict(names, **right))
+    with pytest.raises(AssertionError):   # upload only: 64.6x, not a traffic factor
+        exec(source, dict(names, factor_dense_down=19_240 / 298,
+                          factor_8bit_down=right["factor_8bit_down"]))
+
+
+def test_a_seeded_run_starts_from_the_first_model_made_after_set_seed():
+    """The lesson's `initial_weights_of(seed)` (never-updated counts, the TFF comparison) is
+    the start of `train(..., seed)`: run_fedavg's first model after fedutils.set_seed."""
+    import fedutils
+    from fedutils import data, fedavg, models, partition
+
+    x, y = data.load_digits()
+    parts = partition.iid_partition(y[:300], 3, seed=0)
+    clients = data.make_client_data(x[:300], y[:300], parts, batch_size=20, seed=0)
+    fedutils.set_seed(2)
+    start = models.create_digits_model().get_weights()
+    fedutils.set_seed(2)
+    seeded = fedavg.run_fedavg(models.create_digits_model, clients, rounds=1, seed=2,
+                               progress=False).final_weights
+    explicit = fedavg.run_fedavg(models.create_digits_model, clients, rounds=1, seed=2,
+                                 initial_weights=start, progress=False).final_weights
+    for a, b in zip(seeded, explicit):
+        np.testing.assert_array_equal(a, b)

@@ -2,7 +2,8 @@
 
 Prints one line per dependency, [OK] or [FAIL], with the installed and the expected version,
 and explains in plain words the pins the course overrides on purpose. Exits non-zero on a real
-failure (a required package missing or at a version the course does not run on).
+failure (a required package missing or at a version the course does not run on). `summary()`
+gives the same check as one line (and the failing lines, if any), for lesson 01.
 
 Two environments are recognised: the course environment (Python 3.9-3.11, TensorFlow 2.14,
 TensorFlow Federated 0.87) and a current one without TFF (Keras 3, as on Colab).
@@ -107,20 +108,48 @@ def check_line(req: Requirement) -> tuple[bool, str]:
     return ok, line
 
 
-def main() -> int:
+def python_line(which: str) -> tuple[bool, str]:
+    """Return (ok, line) for the Python version: TFF needs 3.9-3.11; without TFF any 3.9+."""
+    ok = (3, 9) <= sys.version_info[:2] <= (3, 11) or which == "modern"
+    py = ".".join(map(str, sys.version_info[:3]))
+    return ok, (f"{'[OK]  ' if ok else '[FAIL]'} {'python':<22} {py:<10} "
+                f"(expected 3.9-3.11 for TFF{'; any 3.9+ without TFF' if which == 'modern' else ''})")
+
+
+def describe(which: str) -> str:
+    return "TensorFlow 2.14 + TFF 0.87" if which == "course" else "current Keras 3, no TFF"
+
+
+def results() -> tuple[str, list[tuple[bool, str]]]:
+    """The environment's profile and (ok, line) for Python and every requirement of it."""
     which = profile()
     reqs = COURSE if which == "course" else MODERN
-    py_ok = (3, 9) <= sys.version_info[:2] <= (3, 11) or which == "modern"
-    py = ".".join(map(str, sys.version_info[:3]))
-    print(f"{'[OK]  ' if py_ok else '[FAIL]'} {'python':<22} {py:<10} "
-          f"(expected 3.9-3.11 for TFF{'; any 3.9+ without TFF' if which == 'modern' else ''})")
-    print(f"       environment: {which} "
-          f"({'TensorFlow 2.14 + TFF 0.87' if which == 'course' else 'current Keras 3, no TFF'})")
-    failures = 0 if py_ok else 1
-    for req in reqs:
-        ok, line = check_line(req)
+    return which, [python_line(which)] + [check_line(req) for req in reqs]
+
+
+def summary() -> str:
+    """The check in one line when everything passes (for a notebook, where the full report
+    is noise); when something fails, that line is followed by the failing lines only."""
+    which, checked = results()
+    failed = [line for ok, line in checked if not ok]
+    overridden = sum("on purpose" in line for ok, line in checked if ok)
+    where = f"{which} environment ({describe(which)})"
+    if not failed:
+        extra = f", {overridden} upstream pins overridden on purpose" if overridden else ""
+        return (f"[OK] {where}: all {len(checked)} checks passed{extra}; "
+                "details: python -m fedutils.course.check")
+    return "\n".join([f"[FAIL] {where}: {len(failed)} of {len(checked)} checks failed:"]
+                     + failed)
+
+
+def main() -> int:
+    which, checked = results()
+    failures = 0
+    for i, (ok, line) in enumerate(checked):
         failures += not ok
         print(line)
+        if i == 0:
+            print(f"       environment: {which} ({describe(which)})")
     print("All checks passed." if not failures else
           f"{failures} check(s) failed: see the lines marked [FAIL].")
     return 1 if failures else 0

@@ -12,7 +12,7 @@ from __future__ import annotations
 import os
 from typing import Any, Callable
 
-NOTE = "(Run this cell in JupyterLab or Colab for controls that redraw the figure above.)"
+NOTE = "(Run this cell in JupyterLab or Colab: sliders appear, and the figure they redraw below them.)"
 
 
 def headless() -> bool:

@@ -220,7 +220,9 @@ class CompressionAggregator(Aggregator):
     """A `run_fedavg` aggregator in which every client compresses its update before sending.
 
     `method`: "top_k" or "random_k" (keep a `ratio` of each tensor's entries), or "quantize"
-    (`bits` bits per entry). With `error_feedback` (default), each client keeps what its
+    (`bits` bits per entry: to the nearest level by default; with `stochastic=True` rounded up
+    or down at random so that every entry is right on average, as QSGD and TFF's quantizer do,
+    drawing from the round's `rng`). With `error_feedback` (default), each client keeps what its
     compression dropped and adds it to its next update: the state of this aggregator is an
     `ErrorFeedback` (one residual per client id), made fresh by `initialize()` at the start of
     every run. The server averages the decompressed updates weighted by example counts, as
@@ -230,9 +232,15 @@ class CompressionAggregator(Aggregator):
     """
 
     def __init__(self, method: str = "top_k", ratio: Optional[float] = None,
-                 bits: Optional[int] = None, error_feedback: bool = True):
+                 bits: Optional[int] = None, error_feedback: bool = True,
+                 stochastic: bool = False):
         if method not in METHODS:
             raise ValueError(f"method must be one of {METHODS}, got {method!r}")
+        if not isinstance(stochastic, (bool, np.bool_)):
+            raise TypeError(f"stochastic must be True or False, got {stochastic!r}")
+        if stochastic and method != "quantize":
+            raise ValueError(f"stochastic is for method 'quantize' (stochastic rounding); "
+                             f"method {method!r} does not round")
         if method == "quantize":
             if ratio is not None:
                 raise ValueError("ratio is for method 'top_k' or 'random_k'; "
@@ -249,6 +257,7 @@ class CompressionAggregator(Aggregator):
             self.bits = None
         self.method = method
         self.error_feedback = bool(error_feedback)
+        self.stochastic = bool(stochastic)
 
     def initialize(self) -> Optional[ErrorFeedback]:
         """A fresh error-feedback memory (None without error feedback)."""
@@ -260,7 +269,7 @@ class CompressionAggregator(Aggregator):
             return top_k_sparsify(update, self.ratio)
         if self.method == "random_k":
             return random_k_sparsify(update, self.ratio, rng)
-        return dequantize(quantize(update, self.bits))
+        return dequantize(quantize(update, self.bits, stochastic=self.stochastic, rng=rng))
 
     def aggregate(self, updates, num_examples, client_ids, rng, state=None) -> Aggregate:
         """Compress each client's update (with its residual), average weighted by examples."""
@@ -282,7 +291,8 @@ class CompressionAggregator(Aggregator):
                          state)
 
     def __repr__(self) -> str:
-        setting = f"ratio={self.ratio:g}" if self.ratio is not None else f"bits={self.bits}"
+        setting = (f"ratio={self.ratio:g}" if self.ratio is not None else
+                   f"bits={self.bits}" + (", stochastic=True" if self.stochastic else ""))
         return (f"CompressionAggregator(method={self.method!r}, {setting}, "
                 f"error_feedback={self.error_feedback})")
 
