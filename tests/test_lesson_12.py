@@ -1,19 +1,22 @@
 """Lesson 12 (evaluation): the code the lesson writes in the open does what it says.
 
 The lesson's cells are read from the notebook and executed here on small data: its local
-train/test split must be a proper split of every client, and its hand-written federated
-evaluation (per-client reports, then weighted and unweighted aggregates) and its corrected
-version of the slide's pooled loop must agree with `fedutils.evaluation.federated_evaluate`.
+train/test split must be a proper split of every client, its federation must keep ten whole
+clients out of training, its hand-written federated evaluation (per-client reports, then
+weighted and unweighted aggregates) and its corrected version of the slide's pooled loop must
+agree with `fedutils.evaluation.federated_evaluate`, and each exercise's check must accept the
+solution and reject a wrong answer.
 """
 from functools import partial
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
 import tensorflow as tf
 
 import fedutils
-from fedutils import data, models, partition
+from fedutils import data, fedavg, models, partition
 from fedutils.evaluation import federated_evaluate
 
 import lesson_code
@@ -26,7 +29,9 @@ cell = partial(lesson_code.cell_source, NOTEBOOK, unique=True)
 
 @pytest.fixture(scope="module")
 def lesson():
-    ns = {"np": np, "tf": tf}
+    x, y = data.load_digits()
+    ns = {"np": np, "tf": tf, "partition": partition, "SimpleNamespace": SimpleNamespace,
+          "x": x, "y": y, "NUM_CLIENTS": 40, "ALPHA": 0.2, "UNSEEN": 10}
     for marker in ("def split_locally(", "def pooled_evaluation(", "def evaluate_on_client("):
         exec(cell(marker), ns)
     source = cell("def many_small_few_large(")  # a function inside an experiment cell
@@ -60,6 +65,22 @@ def test_split_locally_holds_out_part_of_every_client(lesson, federation):
     assert all(np.array_equal(a, b) for a, b in zip(again[1], test_parts))
     tiny_train, tiny_test = lesson["split_locally"]([np.array([5, 9])], test_fraction=0.9)
     assert len(tiny_train[0]) == len(tiny_test[0]) == 1
+
+
+def test_federation_keeps_ten_whole_clients_out_of_training(lesson):
+    y = lesson["y"]
+    for seed in (0, 1):
+        fed = lesson["federation"](seed)
+        assert len(fed.train) == len(fed.test) == 30 and len(fed.unseen) == 10
+        everything = np.concatenate(fed.train + fed.test + fed.unseen)
+        assert sorted(everything) == list(range(len(y))), "every digit once, in one place"
+        parts = partition.dirichlet_partition(y, 40, alpha=0.2, seed=seed, min_size=8)
+        whole = {tuple(np.sort(p)) for p in parts}
+        assert all(tuple(np.sort(p)) in whole for p in fed.unseen), "unseen = whole clients"
+        for train, test in zip(fed.train, fed.test):
+            assert tuple(np.sort(np.concatenate([train, test]))) in whole
+    first, again = lesson["federation"](0), lesson["federation"](0)
+    assert all(np.array_equal(a, b) for a, b in zip(first.unseen, again.unseen))
 
 
 def test_hand_written_federated_evaluation_equals_federated_evaluate(lesson, federation):
@@ -100,3 +121,67 @@ def test_regrouping_changes_only_the_unweighted_average(lesson, federation):
     assert np.isclose(regrouped.weighted["accuracy"], original.weighted["accuracy"])
     # Wrong answers on many small clients: most clients see only mistakes.
     assert regrouped.unweighted["accuracy"] < original.weighted["accuracy"] - 0.1
+
+
+@pytest.fixture(scope="module")
+def evaluated(lesson, federation):
+    """The lesson's three evaluations, for two seeds, with a quickly trained model instead of
+    100 rounds of FedAvg (the cell's code, run on that model)."""
+    _, _, _, model, _ = federation
+    ns = dict(lesson, data=data, fedavg=fedavg, federated_evaluate=federated_evaluate,
+              model=model, models=models, SEEDS=(0, 1))
+    ns["federations"] = {s: lesson["federation"](s) for s in ns["SEEDS"]}
+    ns["original_weights"] = model.get_weights()
+    shifted = [w + 0.05 for w in ns["original_weights"]]  # seed 1's "model": other weights
+    ns["histories"] = {0: SimpleNamespace(final_weights=ns["original_weights"]),
+                       1: SimpleNamespace(final_weights=shifted)}
+    exec(cell("def three_evaluations("), ns)
+    return ns
+
+
+def test_three_evaluations_score_the_right_examples(evaluated):
+    x, y, model = evaluated["x"], evaluated["y"], evaluated["model"]
+    assert all(np.array_equal(a, b) for a, b in zip(model.get_weights(),
+                                                    evaluated["original_weights"])), \
+        "evaluating other seeds must leave the lesson's `model` (seed 0) as it was"
+    scorer = models.create_digits_model()
+    scorer.set_weights(evaluated["histories"][1].final_weights)
+    correct = np.argmax(scorer(x).numpy(), axis=1) == y
+    fed = evaluated["federations"][1]
+    result = evaluated["evaluations"][1]
+    for kind, parts in zip(evaluated["KINDS"], (fed.train, fed.test, fed.unseen)):
+        pooled = np.concatenate(parts)
+        assert result[kind].weighted["accuracy"] == pytest.approx(correct[pooled].mean())
+        per_client = [correct[p].mean() for p in parts]
+        assert result[kind].unweighted["accuracy"] == pytest.approx(np.mean(per_client))
+
+
+def solved(ns, marker):
+    ns = dict(ns)
+    exec(cell(marker), ns)
+    return ns
+
+
+def check(ns, marker):
+    exec(cell(marker), dict(ns))
+
+
+def test_exercise_1_check_accepts_the_solution_and_rejects_wrong_answers(evaluated):
+    ns = solved(evaluated, "accept_monitor = bool(")
+    check(ns, "accept only if the mean gap is within one percentage point")
+    with pytest.raises(AssertionError):
+        check(dict(ns, accept_monitor=not ns["accept_monitor"]), "accept only if the mean gap")
+    with pytest.raises(AssertionError):  # the gap the other way round
+        check(dict(ns, gaps=-ns["gaps"]), "accept only if the mean gap")
+
+
+def test_exercise_2_check_accepts_the_solution_and_rejects_wrong_answers(evaluated):
+    ns = solved(evaluated, "gap_is_real = bool(")
+    check(ns, "the per-client (unweighted) gap")
+    with pytest.raises(AssertionError):
+        check(dict(ns, gap_is_real=not ns["gap_is_real"]), "the per-client (unweighted) gap")
+    with pytest.raises(AssertionError):  # standard deviations instead of standard errors
+        wrong = [np.hypot(ns["evaluations"][s][ns["KINDS"][1]].accuracies.std(ddof=1),
+                          ns["evaluations"][s][ns["KINDS"][2]].accuracies.std(ddof=1))
+                 for s in ns["SEEDS"]]
+        check(dict(ns, standard_errors=np.array(wrong)), "the per-client (unweighted) gap")
