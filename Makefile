@@ -19,8 +19,18 @@ MODERN_KERNEL_DISPLAY := Python 3 (FL course, Keras 3 + Flower)
 MODERN_KERNEL_SPEC := $(VENV)/share/jupyter/kernels/$(MODERN_KERNEL)/kernel.json
 CLIENTS ?= 3
 ROUNDS  ?= 3
+# JupyterLab settings of the course's Lab (no "notified about official Jupyter news?" prompt).
+LAB_SETTINGS := $(VENV)/share/jupyter/lab/settings/overrides.json
+# `make test-colab`: a Colab-like environment (Python 3.12, newest TensorFlow, only what a
+# lesson's Colab cell installs) and the lessons it runs there.
+COLAB_VENV   ?= .venv-colab
+COLAB_PY     := $(COLAB_VENV)/bin/python
+COLAB_STAMP  := $(COLAB_VENV)/.colab-installed
+COLAB_LESSONS ?= lessons/01_introduction.ipynb lessons/06_privacy.ipynb \
+                 lessons/10_smart_keyboards.ipynb lessons/13_future_directions.ipynb
 
-.PHONY: help setup lab test test-tff notebooks timings bench check clean-workers clean setup-modern test-modern student site guide federation
+.PHONY: help setup lab test test-tff notebooks timings bench check clean-workers clean setup-modern test-modern student site guide federation \
+        test-browser test-colab check-my-work
 
 help:
 	@echo "make lab        set up (first time only) and open the course in JupyterLab"
@@ -34,7 +44,11 @@ help:
 	@echo "make timings    time every lesson without saving outputs"
 	@echo "make bench      FedAvg speed: fedutils vs TFF vs the centralized limit"
 	@echo "make student    student copies (no solutions, no outputs) in build/student/"
-	@echo "make site       the course as static HTML pages in build/site/ (open index.html)"
+	@echo "make check-my-work NOTEBOOK=path   grade a learner's copy: passed / failed /"
+	@echo "               not attempted, per exercise"
+	@echo "make site       the course as a Jupyter Book in build/site/ (open index.html)"
+	@echo "make test-browser  JupyterLab and the site in headless Chromium (sliders, lesson 15)"
+	@echo "make test-colab run lessons 01, 06, 10, 13 as on Colab; fail on any error or stderr"
 	@echo "make guide      regenerate the instructor guide from the measured timings"
 	@echo "make check      print the environment check (python -m fedutils.course.check)"
 
@@ -88,7 +102,11 @@ test-modern: setup-modern
 	$(MODERN_PY) -m pytest --nbval-kernel-name=$(MODERN_KERNEL) \
 	    --nbval-sanitize-with tests/nbval_modern_sanitize.cfg $(PYTEST_ARGS)
 
-lab: setup setup-modern $(MODERN_KERNEL_SPEC)
+$(LAB_SETTINGS): scripts/lab_overrides.json $(STAMP)
+	@mkdir -p $(dir $@)
+	cp $< $@
+
+lab: setup setup-modern $(MODERN_KERNEL_SPEC) $(LAB_SETTINGS)
 	$(VENV)/bin/jupyter lab --ServerApp.root_dir="$(CURDIR)" \
 	    --MappingKernelManager.default_kernel_name=$(KERNEL) $(if $(filter 0,$(shell id -u)),--allow-root) \
 	    $(LAB_ARGS) lessons/01_introduction.ipynb
@@ -122,6 +140,35 @@ site: setup
 	$(PY) scripts/build_site.py --out build/site
 	@echo "Open build/site/index.html in a browser (works offline)."
 
+check-my-work: setup setup-modern $(MODERN_KERNEL_SPEC)
+	@test -n "$(NOTEBOOK)" || { echo "usage: make check-my-work NOTEBOOK=build/student/02_core_principles.ipynb"; exit 2; }
+	@$(PY) scripts/check_my_work.py "$(NOTEBOOK)"
+
+# JupyterLab as `make lab` starts it, driven by Debian's headless Chromium through Selenium
+# (tests/browser/); screenshots in build/browser/.
+test-browser: setup setup-modern $(MODERN_KERNEL_SPEC) $(LAB_SETTINGS) site
+	@command -v chromium >/dev/null && command -v chromedriver >/dev/null || { \
+	    echo "make test-browser needs Chromium: sudo apt-get install -y chromium chromium-driver"; exit 1; }
+	$(PY) -m pytest tests/browser $(PYTEST_ARGS)
+
+# Built once: Colab's Python, the newest TensorFlow and the packages Colab has preinstalled that
+# the lessons use (ipywidgets), plus the notebook runner. No requirements file: fedutils[colab]
+# itself is installed by scripts/colab_run.py on every run, from this checkout, non-editable.
+$(COLAB_STAMP):
+	@set -e; \
+	if [ ! -x "$(COLAB_PY)" ]; then \
+	    base=$$(./scripts/find_python.sh --colab); \
+	    echo "Creating $(COLAB_VENV) with $$base ($$($$base --version))"; \
+	    "$$base" -m venv "$(COLAB_VENV)"; \
+	fi
+	$(COLAB_PY) -m pip install --quiet --upgrade pip
+	@echo "Installing a Colab-like environment (newest TensorFlow; first time: a few minutes)..."
+	$(COLAB_PY) -m pip install --quiet tensorflow ipywidgets nbclient ipykernel
+	@touch $@
+
+test-colab: $(COLAB_STAMP)
+	$(COLAB_PY) scripts/colab_run.py $(COLAB_LESSONS)
+
 guide: setup
 	$(PY) scripts/instructor_guide.py
 
@@ -133,4 +180,4 @@ clean-workers:
 	@$(PY) -m fedutils.bridges.tff_workers
 
 clean:
-	rm -rf $(VENV) $(MODERN_VENV) data/cache build .pytest_cache
+	rm -rf $(VENV) $(MODERN_VENV) $(COLAB_VENV) data/cache build .pytest_cache

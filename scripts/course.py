@@ -17,6 +17,23 @@ MODERN_KERNEL = {"name": "fl-course-modern",
 STAMP_TAG = "course-stamp"   # cells written by scripts/stamp_lessons.py (badge, Colab, links)
 DEFAULT_KERNELSPEC = {"name": "python3", "display_name": "Python 3 (ipykernel)",
                       "language": "python"}
+# A cell's role is a cell tag: `solution` (student copies drop it), `check` (asserts on the
+# exercise before it), and nbval's own `nbval-skip` and `nbval-check-output`. Lessons written
+# before the tag migration mark it instead with a first line; scripts/tag_cells.py moves those
+# markers to tags.
+MARKERS = {"solution": "# SOLUTION", "check": "# CHECK", "nbval-skip": "# NBVAL_SKIP",
+           "nbval-check-output": "# NBVAL_CHECK_OUTPUT"}
+
+
+# The course's two parts (the site's sidebar): lessons numbered up to 14 follow the slides;
+# later ones go beyond them.
+COURSE_PARTS = [("Part I · The slides", 14), ("Part II · Beyond the slides", 99)]
+
+
+def part_of(path: Path) -> str:
+    """The caption of the part that lesson `path` (NN_name.ipynb) belongs to."""
+    number = int(path.name[:2])
+    return next(caption for caption, last in COURSE_PARTS if number <= last)
 
 
 def lesson_paths() -> list[Path]:
@@ -32,6 +49,19 @@ def title_of(nb) -> str:
             if first.startswith("# "):
                 return first[2:].strip()
     raise SystemExit("a lesson needs a title cell '# NN · Title'")
+
+
+def first_line(cell) -> str:
+    """A cell's first non-blank line, stripped."""
+    return next((line.strip() for line in cell.source.splitlines() if line.strip()), "")
+
+
+def has_role(cell, tag: str) -> bool:
+    """Whether a cell carries the tag `tag` (one of MARKERS), as a tag or as its marker line."""
+    if tag in cell.metadata.get("tags", []):
+        return True
+    # TAG MIGRATION: delete this fallback once scripts/tag_cells.py --check passes on lessons/.
+    return tag in MARKERS and first_line(cell) == MARKERS[tag]
 
 
 def is_modern(nb) -> bool:

@@ -3,6 +3,19 @@
 # TensorFlow Federated 0.87 (the newest release) supports exactly these versions:
 # it requires Python >=3.9,<3.12 and TensorFlow 2.14.
 # With --modern (the Keras 3 environment without TFF): Python 3.12 like Colab, else 3.10-3.11.
+# With --colab (`make test-colab`): Python 3.12 only, Colab's version.
+if [ "${1:-}" = "--colab" ]; then
+    pyenv_312=$(ls -d "$(pyenv root 2>/dev/null || echo "$HOME/.pyenv")"/versions/3.12*/bin/python3.12 2>/dev/null | tail -n 1)
+    for candidate in python3.12 $pyenv_312; do
+        path=$(command -v "$candidate" 2>/dev/null) || continue
+        if "$path" -c 'import sys, venv; sys.exit(sys.version_info[:2] != (3, 12))' 2>/dev/null; then
+            echo "$path"
+            exit 0
+        fi
+    done
+    echo "No Python 3.12 (Colab's version) found for make test-colab; install Python 3.12." >&2
+    exit 1
+fi
 if [ "${1:-}" = "--modern" ]; then
     pyenv_312=$(ls -d "$(pyenv root 2>/dev/null || echo /nonexistent)"/versions/3.12*/bin/python3.12 2>/dev/null | tail -n 1)
     for candidate in python3.12 $pyenv_312 python3.11 python3.10; do

@@ -1,10 +1,11 @@
 #!/usr/bin/env python
-"""Execute lesson notebooks top to bottom, in place, in order, with the course kernel.
+"""Execute lesson notebooks in place, in order, with nbclient, and measure each run.
 
-Saves each notebook with its fresh outputs (execution counts 1, 2, 3, ...), records each
-lesson's wall time and the kernel's peak memory, and with --timings writes them to
-lessons/timings.json and a Markdown table (lessons/TIMINGS.md) that the README and the
-instructor guide show. Stops every TFF worker_binary helper the kernels started.
+nbclient runs each notebook top to bottom with the lesson's course kernel (saved with fresh
+outputs, execution counts 1, 2, 3, ...). This script adds only what nbclient (and papermill)
+lack: each lesson's wall time and its kernel's peak memory, written with --timings to
+lessons/timings.json and lessons/TIMINGS.md (the README and the instructor guide show them),
+and the stopping of every TFF worker_binary helper the kernels started.
 
     python scripts/run_notebooks.py lessons/*.ipynb [--timings] [--no-save]
 """
@@ -28,25 +29,23 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from course import (DEFAULT_KERNELSPEC, KERNEL, MODERN_KERNEL, ROOT, PeakMemory,  # noqa: E402
                     is_modern, lesson_paths)
 
-def run(path: Path, save: bool, timeout: int, verbose: bool = False) -> dict:
+def run(path: Path, save: bool, timeout: int) -> dict:
+    """Execute one lesson with nbclient; return its wall time and peak kernel memory."""
     nb = nbformat.read(path, as_version=4)
     modern = is_modern(nb)
     client = NotebookClient(nb, timeout=timeout,
                             kernel_name=MODERN_KERNEL["name"] if modern else KERNEL,
                             resources={"metadata": {"path": str(path.parent)}})
+    # The kernel's pid exists once nbclient has started it; until then the sampler waits.
     monitor = PeakMemory(lambda: client.km.provisioner.process.pid)
+    monitor.start()
     started = time.perf_counter()
-    with client.setup_kernel():
-        monitor.start()
-        for index, cell in enumerate(nb.cells):
-            began = time.perf_counter()
-            client.execute_cell(cell, index)
-            if verbose:
-                print(f"  [{index}] {time.perf_counter() - began:5.1f} s  {cell.source[:50]!r}",
-                      file=sys.stderr, flush=True)
-    seconds = time.perf_counter() - started
-    monitor.done.set()
-    stop_workers(run_id=os.environ["FEDUTILS_RUN_ID"])
+    try:
+        client.execute()
+    finally:
+        seconds = time.perf_counter() - started
+        monitor.done.set()
+        stop_workers(run_id=os.environ["FEDUTILS_RUN_ID"])
     nb.metadata["kernelspec"] = MODERN_KERNEL if modern else DEFAULT_KERNELSPEC
     if save:
         nbformat.write(nb, path)
@@ -74,13 +73,12 @@ def main() -> int:
     parser.add_argument("--timings", action="store_true", help="write lessons/TIMINGS.md")
     parser.add_argument("--no-save", action="store_true", help="do not write outputs back")
     parser.add_argument("--timeout", type=int, default=600, help="seconds per cell")
-    parser.add_argument("--verbose", action="store_true", help="print each cell as it starts")
     args = parser.parse_args()
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
     os.environ.setdefault("FEDUTILS_RUN_ID", f"notebooks-{os.getpid()}-{time.time():.0f}")
     results = []
     for path in sorted(args.notebooks) or lesson_paths():
-        result = run(path, save=not args.no_save, timeout=args.timeout, verbose=args.verbose)
+        result = run(path, save=not args.no_save, timeout=args.timeout)
         print(f"{result['lesson']:<32} {result['seconds']:6.1f} s  "
               f"{result['peak_memory_mb']:5d} MB", flush=True)
         results.append(result)

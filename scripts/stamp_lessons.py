@@ -3,8 +3,8 @@
 
 Each lesson gets, generated here and nowhere else:
 - a header cell: the "Open in Colab" badge and previous/next links;
-- a Colab-only set-up cell (`# NBVAL_SKIP`) right after the title, which installs the course
-  helpers from the repository when the notebook runs on Colab and does nothing elsewhere;
+- a Colab-only set-up cell (tagged `nbval-skip`) right after the title, which installs the
+  course helpers from the repository when the notebook runs on Colab and does nothing elsewhere;
 - a footer cell with previous/next links.
 The repository's address is read from pyproject.toml ([project.urls] Repository), the one place
 that holds it. Running the script twice changes nothing; `--check` exits 1 when a lesson is out
@@ -22,8 +22,9 @@ from pathlib import Path
 
 import nbformat
 
-from course import ROOT, is_modern, lesson_paths, title_of
+from course import MARKERS, ROOT, is_modern, lesson_paths, title_of
 from course import STAMP_TAG as TAG
+from tag_cells import markers_in
 
 
 def repository() -> str:
@@ -54,9 +55,9 @@ def navigation(prev, nxt) -> str:
     return " · ".join(p for p in parts if p)
 
 
-def colab_cell(repo: str, extras: str = "colab") -> str:
-    return "\n".join([
-        "# NBVAL_SKIP",
+def colab_cell(repo: str, extras: str = "colab", marker: bool = False) -> str:
+    """The Colab install cell; with `marker`, its first line is nbval's `# NBVAL_SKIP`."""
+    return "\n".join(([MARKERS["nbval-skip"]] if marker else []) + [
         "# Colab only: install the course helpers (fedutils) and the data packages they use.",
         "# Elsewhere this cell does nothing: `make lab` has installed everything already.",
         "import subprocess, sys",
@@ -71,22 +72,27 @@ def stamped(nb: nbformat.NotebookNode, repo: str, path: Path, prev, nxt) -> nbfo
     old = {c.metadata.get("stamp"): c for c in nb.cells if TAG in c.metadata.get("tags", [])}
     cells = [c for c in nb.cells if TAG not in c.metadata.get("tags", [])]
 
-    def make(kind: str, role: str, source: str):
+    def make(kind: str, role: str, source: str, tags: tuple[str, ...] = ()):
         cell = old.get(role)
         if cell is None or cell.cell_type != kind:
             cell = (nbformat.v4.new_markdown_cell(source) if kind == "markdown"
                     else nbformat.v4.new_code_cell(source))
             cell["id"] = f"stamp-{role}"
         cell.source = source
-        cell.metadata["tags"] = [TAG]
+        cell.metadata["tags"] = [TAG, *tags]
         cell.metadata["stamp"] = role
         return cell
 
     title_index = next(i for i, c in enumerate(cells) if c.cell_type == "markdown")
     # A lesson saved with the current-TF kernel (15) needs Flower on Colab too.
-    modern = is_modern(nb)
-    cells.insert(title_index + 1, make("code", "colab",
-                                       colab_cell(repo, "colab,flower" if modern else "colab")))
+    extras = "colab,flower" if is_modern(nb) else "colab"
+    # The Colab cell follows the lesson's own cells: a first-line marker while they use markers,
+    # the nbval-skip tag once scripts/tag_cells.py has moved them to tags.
+    # TAG MIGRATION: after it, keep only the tagged form.
+    marker = bool(markers_in(nb, skip_tag=TAG))
+    colab = make("code", "colab", colab_cell(repo, extras, marker),
+                 () if marker else ("nbval-skip",))
+    cells.insert(title_index + 1, colab)
     cells.insert(0, make("markdown", "header", header(repo, path, prev, nxt)))
     cells.append(make("markdown", "footer", "---\n\n" + navigation(prev, nxt)))
     nb.cells = cells
