@@ -67,6 +67,8 @@ def book_config(repo: str) -> dict:
                             "processClass": "math", "ignoreClass": "tex2jax_ignore|mathjax_ignore"},
             },
             "html_show_copyright": False,
+            # Links inside a cell's displayed markdown (lesson 14's course map) become .html.
+            "nb_render_markdown_format": "myst",
         }},
     }
 

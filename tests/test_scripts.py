@@ -177,3 +177,6 @@ def test_the_site_builds_offline_with_every_lesson(tmp_path, run_script):
     assert (site / "mathjax" / "MathJax.js").exists() and (site / "searchindex.js").exists()
     assert list((site / "_images").glob("*.png")), "the lessons' plots"
     assert {p.name for p in (site / "_sources").glob("*.ipynb")} >= {p.name for p in LESSONS}
+    lesson_links = re.compile(r'href="\d\d_[a-z_]+\.ipynb"')
+    for page in site.glob("*.html"):  # links between lessons point at their pages
+        assert not lesson_links.search(page.read_text()), f"{page.name} links to a notebook"
