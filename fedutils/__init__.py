@@ -13,6 +13,8 @@ idea from fedutils' layers; `import fedutils` itself stays instant:
 - fedutils.compression        top-k / random-k, quantization, error feedback, bytes
 - fedutils.robust             median, trimmed mean, Krum, norm bounding
 - fedutils.attacks            gradient inversion, poisoning, backdoors (lesson 17)
+- fedutils.personalization    local fine-tuning, FedPer, FedRep, Ditto (lesson 13)
+- fedutils.lora               a pretrained character Transformer and LoRA fine-tuning (lesson 18)
 - fedutils.tff_bridge         the same model and data through TensorFlow Federated, if present
 
 The layers, imports only downward (docs/architecture.md): core → loop → techniques → bridges
