@@ -1,36 +1,105 @@
 """Run a lesson's own code cells in a test, so the lesson and fedutils cannot drift apart.
 
-A test names a cell by a marker it contains (a function it defines, a comment), runs the lesson's
-setup cell first, and then those cells, on small data it passes in by name.
+A test names a cell by its name tag, a cell tag in the notebook's metadata saying what the cell
+holds (`dp-sgd-by-hand`, `exercise-2-check`), runs the lesson's `setup` cell first, and then
+those cells, on small data it passes in by name. A name tag belongs to exactly one code cell;
+`exercise-N-solution` and `exercise-N-check` cells also carry the role tag `solution` or `check`.
+Role tags (scripts/course.py MARKERS) and the stamp script's tag are not names.
 """
 from __future__ import annotations
 
+import re
+import sys
+from functools import lru_cache
 from pathlib import Path
 
 import nbformat
 
-LESSONS = Path(__file__).resolve().parent.parent / "lessons"
-SETUP_MARKER = "fedutils.set_seed(0)"
+ROOT = Path(__file__).resolve().parent.parent
+LESSONS = ROOT / "lessons"
+if str(ROOT / "scripts") not in sys.path:
+    sys.path.insert(0, str(ROOT / "scripts"))
+from course import MARKERS, STAMP_TAG  # noqa: E402
+
+SETUP = "setup"
+NOT_NAMES = frozenset({*MARKERS, STAMP_TAG})
+EXERCISE_ROLE = re.compile(r"^exercise-\d+-(solution|check)$")
 
 
-def cell_source(notebook: Path, marker: str, unique: bool = False) -> str:
-    """Source of the first code cell of `notebook` that contains `marker` (with `unique`, of
-    the only one: a marker that matches two cells fails instead of picking one)."""
-    cells = nbformat.read(notebook, as_version=4).cells
-    found = [c.source for c in cells if c.cell_type == "code" and marker in c.source]
-    assert found, f"no code cell of {notebook.name} contains {marker!r}"
-    assert not unique or len(found) == 1, \
-        f"expected one cell of {notebook.name} with {marker!r}, found {len(found)}"
+@lru_cache(maxsize=32)
+def _code_cells(notebook: Path, _version: tuple) -> tuple:
+    return tuple(c for c in nbformat.read(notebook, as_version=4).cells if c.cell_type == "code")
+
+
+def code_cells(notebook: Path) -> tuple:
+    """The code cells of `notebook`, read once per version of the file."""
+    stat = Path(notebook).stat()
+    return _code_cells(Path(notebook), (stat.st_mtime_ns, stat.st_size))
+
+
+def name_tags(cell) -> list[str]:
+    """The tags of `cell` that name it (not its roles)."""
+    return [t for t in cell.metadata.get("tags", []) if t not in NOT_NAMES]
+
+
+def is_tagged(notebook: Path) -> bool:
+    """Whether any code cell of `notebook` carries a name tag."""
+    return any(name_tags(c) for c in code_cells(notebook))
+
+
+def tagged_cell(notebook: Path, tag: str):
+    """The one code cell of `notebook` tagged `tag`; fails clearly if none or several do, or if
+    an exercise cell lacks the role its name says."""
+    cells = code_cells(notebook)
+    found = [c for c in cells if tag in c.metadata.get("tags", [])]
+    if len(found) != 1:
+        names = sorted({t for c in cells for t in name_tags(c)})
+        raise AssertionError(f"expected one code cell of {Path(notebook).name} tagged {tag!r}, "
+                             f"found {len(found)}; its name tags: {', '.join(names)}")
+    role = EXERCISE_ROLE.match(tag)
+    assert not role or role.group(1) in found[0].metadata["tags"], \
+        f"{Path(notebook).name}: the cell tagged {tag!r} lacks the role tag {role.group(1)!r}"
     return found[0]
 
 
-def run_cells(notebook: Path, *markers: str, **names) -> dict:
-    """Run the lesson's setup cell, then the cells holding `markers`, with `names` defined;
-    return the resulting namespace."""
-    namespace: dict = {}
-    exec(compile(cell_source(notebook, SETUP_MARKER), "setup", "exec"), namespace)
-    namespace.update(names)
-    for marker in markers:
-        exec(compile(cell_source(notebook, marker), f"{notebook.name}: {marker}", "exec"),
+def cell_source(notebook: Path, tag: str, unique: bool = False) -> str:
+    """Source of the one code cell of `notebook` tagged `tag`.
+
+    TAG MIGRATION: a notebook without any name tag (lessons 13, 14, 15, 18 until they carry
+    them) is still searched by text: `tag` is then a substring, see `cell_containing`; `unique`
+    matters only there (a tag always names one cell)."""
+    if not is_tagged(notebook):
+        return cell_containing(notebook, tag, unique)
+    return tagged_cell(notebook, tag).source
+
+
+def exec_cells(notebook: Path, namespace: dict, *tags: str) -> dict:
+    """Execute the cells tagged `tags`, in order, in `namespace` (no setup cell); return it."""
+    for tag in tags:
+        exec(compile(cell_source(notebook, tag), f"{Path(notebook).name}[{tag}]", "exec"),
              namespace)
     return namespace
+
+
+def run_cells(notebook: Path, *tags: str, **names) -> dict:
+    """Run the lesson's `setup` cell, then the cells tagged `tags`, with `names` defined;
+    return the resulting namespace.
+
+    TAG MIGRATION: in a notebook without name tags the setup cell is the first one containing
+    `fedutils.set_seed(0)` and `tags` are substrings (see `cell_source`)."""
+    namespace: dict = {}
+    setup = SETUP if is_tagged(notebook) else "fedutils.set_seed(0)"
+    exec_cells(notebook, namespace, setup)
+    namespace.update(names)
+    return exec_cells(notebook, namespace, *tags)
+
+
+def cell_containing(notebook: Path, text: str, unique: bool = False) -> str:
+    """TAG MIGRATION: lessons 13, 14, 15, 18 until they carry name tags. Source of the first
+    code cell of `notebook` that contains `text` (with `unique`, of the only one). Delete this
+    function, and the fallbacks to it above, once every lesson has name tags."""
+    found = [c.source for c in code_cells(notebook) if text in c.source]
+    assert found, f"no code cell of {Path(notebook).name} contains {text!r}"
+    assert not unique or len(found) == 1, \
+        f"expected one cell of {Path(notebook).name} with {text!r}, found {len(found)}"
+    return found[0]

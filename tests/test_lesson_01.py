@@ -1,6 +1,6 @@
 """Lesson 01 trains "alone" with one round whose aggregator keeps every update, compares pooled,
 local-only and FedAvg training over repeated splits, and wraps the model for TFF; these tests
-run the lesson's own cells (found by what they define) on small data and hold them to
+run the lesson's own cells (found by their name tags) on small data and hold them to
 fedutils, and check that each exercise's check accepts the solution and rejects a wrong answer.
 """
 from functools import partial
@@ -13,8 +13,6 @@ import lesson_code
 
 NOTEBOOK = Path(__file__).resolve().parent.parent / "lessons" / "01_introduction.ipynb"
 
-
-lesson_cell = partial(lesson_code.cell_source, NOTEBOOK)
 run_cells = partial(lesson_code.run_cells, NOTEBOOK)
 
 
@@ -36,8 +34,8 @@ def iris():
 @pytest.fixture(scope="module")
 def compared(iris):
     """The lesson's `compare` on its first split, with 4 epochs (2 rounds of 2) and 3 shops."""
-    ns = run_cells("def train_alone(", "def compare(", model=iris["model"], x=iris["x"],
-                   y=iris["y"], NUM_CLIENTS=3, BATCH_SIZE=8, LR=0.1)
+    ns = run_cells("train-alone-and-fedavg", "compare-over-splits", model=iris["model"],
+                   x=iris["x"], y=iris["y"], NUM_CLIENTS=3, BATCH_SIZE=8, LR=0.1)
     ns.update(EPOCHS=4, LOCAL_EPOCHS=2)  # read by train_alone and train_fedavg when called
     return ns, ns["compare"](0)
 
@@ -45,13 +43,13 @@ def compared(iris):
 def test_slide_model_warns_exactly_on_keras_3():
     """The lesson prints Keras 3's warning as a string where Keras 2 is silent: the string must
     be what Keras 3 really says (this runs in both test environments)."""
-    ns = run_cells("KERAS3_WARNING =")
+    ns = run_cells("keras3-warning")
     keras_major = int(ns["version"]("keras").split(".")[0])
     if keras_major >= 3:
         assert ns["caught"] == [ns["KERAS3_WARNING"]]
     else:
         assert ns["caught"] == []
-    ns = run_cells("Input(shape=(4,)) -> Dense")  # the fix: no warning on either version
+    ns = run_cells("course-model-no-warning")  # the fix: no warning on either version
     assert [w for w in ns["caught"] if issubclass(w.category, UserWarning)] == []
 
 
@@ -60,7 +58,7 @@ def test_train_alone_is_local_training(iris):
     FedAvg with one client and one round of all epochs is the same training."""
     from fedutils import fedavg
 
-    ns = run_cells("def train_alone(", model=iris["model"])
+    ns = run_cells("train-alone-and-fedavg", model=iris["model"])
     ns["EPOCHS"] = 3
     model, start = iris["model"], ns["initial_weights"]
     alone = ns["train_alone"](iris["clients"][:2], 0.05)
@@ -113,15 +111,14 @@ def test_exercise_1_check_accepts_the_solution_and_rejects_a_wrong_answer(iris, 
                  skew_datasets=data.make_client_datasets(x_tr, y_tr, skew_parts, batch_size=8,
                                                          seed=0),
                  x_test=x_te, y_test=y_te, x_train=x_tr, y_train=y_tr, EPOCHS=4, LR=0.1)
-    solved = run_cells("# SOLUTION\nk = int(np.argmin(", "# CHECK\nassert 0.0 <= my_accuracy",
-                       **names)
+    solved = run_cells("exercise-1-solution", "exercise-1-check", **names)
     from fedutils import fedavg
 
     model = iris["model"]  # holds the weights the solution trained
     assert solved["my_accuracy"] == fedavg.evaluate_weights(model, model.get_weights(), x_te,
                                                             y_te)[1]
     with pytest.raises(AssertionError):
-        run_cells("# CHECK\nassert 0.0 <= my_accuracy", **names,
+        run_cells("exercise-1-check", **names,
                   my_accuracy=solved["my_accuracy"] + 1 / len(y_te), called_virginica=0)
 
 
@@ -136,12 +133,10 @@ def fake_results():
 
 def test_exercise_2_check_accepts_the_solution_and_rejects_a_wrong_answer():
     names = dict(results=fake_results(), SEEDS=range(5), NUM_CLIENTS=2)
-    solved = run_cells("# SOLUTION\ngains =", "# CHECK\nexpected = np.array([r[\"skewed\"]",
-                       **names)
+    solved = run_cells("exercise-2-solution", "exercise-2-check", **names)
     assert solved["gains"].shape == (5, 2)
     with pytest.raises(AssertionError):  # the wrong sign: alone minus FedAvg
-        run_cells("# CHECK\nexpected = np.array([r[\"skewed\"]", **names,
-                  gains=-solved["gains"])
+        run_cells("exercise-2-check", **names, gains=-solved["gains"])
 
 
 def test_exercise_3_check_accepts_the_solution_and_rejects_a_wrong_answer():
@@ -153,13 +148,12 @@ def test_exercise_3_check_accepts_the_solution_and_rejects_a_wrong_answer():
               ("skewed", "gap"): [0.0, 0.02, 0.05, -0.04, 0.02]}
     differences = {key: fedavg.over_seeds(lambda s, v=v: v[s], range(5))
                    for key, v in values.items()}
-    solved = run_cells("# SOLUTION\nreal =", "# CHECK\nassert isinstance(real, dict)",
-                       differences=differences)
+    solved = run_cells("exercise-3-solution", "exercise-3-check", differences=differences)
     assert solved["real"] == {("IID", "gain"): True, ("IID", "gap"): False,
                               ("skewed", "gain"): True, ("skewed", "gap"): False}
     wrong = {**solved["real"], ("IID", "gap"): True}  # "pooling wins", from noise
     with pytest.raises(AssertionError):
-        run_cells("# CHECK\nassert isinstance(real, dict)", differences=differences, real=wrong)
+        run_cells("exercise-3-check", differences=differences, real=wrong)
 
 
 def test_tff_wrapping_matches_fedutils_and_rejects_the_slide_spec(iris):
@@ -170,7 +164,7 @@ def test_tff_wrapping_matches_fedutils_and_rejects_the_slide_spec(iris):
     import tensorflow as tf
 
     datasets = [c.dataset() for c in iris["clients"]]
-    ns = run_cells("def model_fn(", iid_datasets=datasets, model=iris["model"])
+    ns = run_cells("tff-model-fn", iid_datasets=datasets, model=iris["model"])
     assert ns["tff_loss"] == pytest.approx(ns["our_loss"], rel=1e-5)
     # the lesson's model_fn and fedutils.tff_bridge's give the same model on the same batch
     spec = datasets[0].element_spec

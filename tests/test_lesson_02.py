@@ -1,5 +1,5 @@
 """Lesson 02 builds client datasets by hand and counts bytes; these tests run the lesson's own
-cells (found by what they define) and hold them to fedutils."""
+cells (found by their name tags) and hold them to fedutils."""
 from functools import partial
 from pathlib import Path
 
@@ -10,13 +10,11 @@ import lesson_code
 
 NOTEBOOK = Path(__file__).resolve().parent.parent / "lessons" / "02_core_principles.ipynb"
 
-
-lesson_cell = partial(lesson_code.cell_source, NOTEBOOK)
 run_cells = partial(lesson_code.run_cells, NOTEBOOK)
 
 
 def test_slide_dataset_is_one_element_that_cannot_be_indexed_by_x():
-    ns = run_cells("def create_tf_dataset_for_client(")
+    ns = run_cells("slide-client-dataset")
     tf = ns["tf"]
     for client_data in (ns["client_data_1"], ns["client_data_2"]):
         assert int(tf.data.Dataset.from_tensor_slices(client_data).cardinality()) == 1
@@ -36,9 +34,9 @@ def test_datasets_by_hand_agree_with_make_client_datasets(digits_split, split, b
     parts = {"iid": lambda: partition.iid_partition(y, 4, seed=1),
              "shard": lambda: partition.shard_partition(y, 5, seed=2),
              "dirichlet": lambda: partition.dirichlet_partition(y, 3, alpha=0.3, seed=3)}[split]()
-    ns = run_cells("def make_datasets_by_hand(", x=x, y=y, parts=parts, BATCH_SIZE=batch_size)
+    ns = run_cells("datasets-by-hand", x=x, y=y, parts=parts, BATCH_SIZE=batch_size)
     by_hand = ns["make_datasets_by_hand"](x, y, parts, batch_size, seed=4)
-    ns = run_cells("def same_datasets(", x=x, y=y, parts=parts, BATCH_SIZE=batch_size,
+    ns = run_cells("same-datasets", x=x, y=y, parts=parts, BATCH_SIZE=batch_size,
                    by_hand=by_hand)
     packaged = data.make_client_datasets(x, y, parts, batch_size=batch_size, seed=4)
     assert ns["same_datasets"](by_hand, packaged)
@@ -58,7 +56,7 @@ def test_bytes_both_ways_and_kept(digits_split):
     x, y = data.load_iris_binary()
     parts = partition.iid_partition(y, 3, seed=0)
     packaged = data.make_client_datasets(x, y, parts, batch_size=20, seed=0)
-    ns = run_cells("def weight_bytes(", x=x, y=y, parts=parts, packaged=packaged)
+    ns = run_cells("bytes-both-ways", x=x, y=y, parts=parts, packaged=packaged)
     digits_model = models.create_digits_model()
     assert ns["weight_bytes"](digits_model.get_weights()) == 4 * digits_model.count_params()
     assert ns["weight_bytes"](ns["received"]) == ns["weight_bytes"](ns["result"].weights) == 4 * 61
@@ -72,7 +70,7 @@ def exercise_3_names(budget):
     from fedutils import data, models
 
     x_digits, y_digits = data.load_digits()
-    ns = run_cells("PHONES, BUDGET = ", x_digits=x_digits, y_digits=y_digits,
+    ns = run_cells("exercise-3-setup", x_digits=x_digits, y_digits=y_digits,
                    model_bytes=4 * models.create_digits_model().count_params())
     ns["BUDGET"] = budget  # a smaller budget: fewer rounds, same decision to make
     return ns
@@ -81,7 +79,7 @@ def exercise_3_names(budget):
 def test_byte_budget_check_accepts_the_solution_and_rejects_wrong_answers():
     names = exercise_3_names(150_000)  # 3 participations per phone
     names = {k: v for k, v in names.items() if not k.startswith("__")}
-    solved = run_cells("# SOLUTION\nper_round =", "# CHECK\naffordable =", **names)
+    solved = run_cells("exercise-3-solution", "exercise-3-check", **names)
     assert solved["plan_rounds"] == {"A": 3, "B": 12}
     assert solved["most_traffic"] == 3 * 2 * 4 * 4810  # every phone in every round of A
     answer = {k: solved[k] for k in ("plan_rounds", "plan_accuracy", "most_traffic", "choice")}
@@ -90,4 +88,4 @@ def test_byte_budget_check_accepts_the_solution_and_rejects_wrong_answers():
                   {"plan_rounds": {"A": 3, "B": 3}},  # forgot that B's phones sit out rounds
                   {"most_traffic": 2 * 150_000}):
         with pytest.raises(AssertionError):
-            run_cells("# CHECK\naffordable =", **{**names, **answer, **wrong})
+            run_cells("exercise-3-check", **{**names, **answer, **wrong})

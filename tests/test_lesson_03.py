@@ -1,6 +1,6 @@
 """Lesson 03 (the TFF environment): the code the lesson writes in the open does what it says.
 
-The lesson's own cells are read from the notebook and executed here on small data: its TFF
+The lesson's own cells (found by their name tags) are executed here on small data: its TFF
 loop (`make_model_fn`, `build_process`, `tff_fedavg_loop`) must train the same model as
 `fedutils.fedavg.run_fedavg`, with the slide's server optimizer and with server momentum; the
 slide's Keras optimizer must be rejected as the lesson says; exercise 1's check must accept the
@@ -23,14 +23,7 @@ needs_tff = pytest.mark.skipif(
     not tff_bridge.tff_available(),
     reason="TensorFlow Federated is not installed (it needs Python < 3.12 and TensorFlow 2.14)")
 
-
-cell = partial(lesson_code.cell_source, NOTEBOOK, unique=True)
-
-
-def run_cells(namespace: dict, *markers: str) -> dict:
-    for marker in markers:
-        exec(cell(marker), namespace)
-    return namespace
+run_cells = partial(lesson_code.exec_cells, NOTEBOOK)  # run_cells(namespace, *tags)
 
 
 @needs_tff
@@ -38,7 +31,7 @@ def test_lesson_tff_loop_trains_the_same_model_as_run_fedavg():
     tff = tff_bridge.import_tff()
     ns = run_cells({"tff": tff, "tf": tf, "np": np, "models": models,
                     "fedavg": fedavg, "CLIENT_LR": 0.1, "SERVER_LR": 1.0},
-                   "def make_model_fn(", "def tff_fedavg_loop(")
+                   "tff-model-fn-and-process", "tff-fedavg-loop")
     x, y = data.load_digits()
     order = np.random.default_rng(1).permutation(len(y))
     parts = [order[:13], order[13:60], order[60:90]]  # unequal clients, partial last batches
@@ -74,8 +67,7 @@ def test_lesson_server_momentum_matches_fedutils_and_keras_optimizer_is_rejected
     ns = run_cells({"tff": tff, "tf": tf, "np": np, "models": models, "fedavg": fedavg,
                     "CLIENT_LR": 0.1, "SERVER_LR": 1.0, "tff_bridge": tff_bridge,
                     "client_datasets": datasets},
-                   "def make_model_fn(", "def tff_fedavg_loop(",
-                   "rejects the slide's Keras optimizer")
+                   "tff-model-fn-and-process", "tff-fedavg-loop", "slide-keras-optimizer")
     assert "rejects the slide's Keras optimizer: AttributeError: 'function' object has no " \
            "attribute 'initialize'" in capsys.readouterr().out
     fedutils.set_seed(0)
@@ -99,14 +91,14 @@ def exercise_1(**overrides):
              "CLIENT_LR": 0.1, "np": np, "data": data, "partition": partition,
              "fedavg": fedavg, "models": models, "server_optimizers": server_optimizers,
              "fedutils": fedutils}
-    ns = run_cells(names, "SERVER_LRS, EXERCISE_ROUNDS, EXERCISE_SEEDS =")
+    ns = run_cells(names, "exercise-1-setup")
     ns.update(overrides)
     return ns
 
 
 def test_exercise_1_check_accepts_the_solution_and_rejects_wrong_answers():
-    ns = run_cells(exercise_1(EXERCISE_ROUNDS=2, EXERCISE_SEEDS=(0, 1)), "# SOLUTION\ndef validation_accuracy(",
-                   "# CHECK\nassert set(server_lr_accuracy)")
+    ns = run_cells(exercise_1(EXERCISE_ROUNDS=2, EXERCISE_SEEDS=(0, 1)), "exercise-1-solution",
+                   "exercise-1-check")
     spreads, best = ns["server_lr_accuracy"], ns["best_server_lr"]
     assert best == max(spreads, key=lambda lr: spreads[lr].mean)
     worst = min(spreads, key=lambda lr: spreads[lr].mean)
@@ -117,11 +109,10 @@ def test_exercise_1_check_accepts_the_solution_and_rejects_wrong_answers():
                                   client_lr=0.1, server_optimizer=server_optimizers.sgd(2.0),
                                   eval_data=(ns["x_val"], ns["y_val"]), seed=1, progress=False)
     assert spreads[2.0].values[1] == pytest.approx(reference["accuracy"][-1], abs=1e-9)
-    check = "# CHECK\nassert set(server_lr_accuracy)"
     for wrong in ({"best_server_lr": worst},
                   {"server_lr_accuracy": {lr: s for lr, s in spreads.items() if lr != 0.5}}):
         with pytest.raises(AssertionError):
-            run_cells({**ns, **wrong}, check)
+            run_cells({**ns, **wrong}, "exercise-1-check")
 
 
 def test_migration_table_names_every_replacement():

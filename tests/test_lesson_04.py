@@ -1,6 +1,6 @@
 """Lesson 04 writes the client update from scratch, counts FedSGD's and FedAvg's rounds to a
-target and measures drift; these tests run the lesson's own cells (found by the function they
-define) on small data and hold them to fedutils.fedavg and to hand computations, and check that
+target and measures drift; these tests run the lesson's own cells (found by their name tags)
+on small data and hold them to fedutils.fedavg and to hand computations, and check that
 the exercises' checks accept the solutions and reject wrong answers."""
 from functools import partial
 from pathlib import Path
@@ -12,9 +12,8 @@ import lesson_code
 
 NOTEBOOK = Path(__file__).resolve().parent.parent / "lessons" / "04_client_side.ipynb"
 
-
-lesson_cell = partial(lesson_code.cell_source, NOTEBOOK)
 run_cells = partial(lesson_code.run_cells, NOTEBOOK)
+exec_cells = partial(lesson_code.exec_cells, NOTEBOOK)
 
 
 @pytest.fixture(scope="module")
@@ -37,7 +36,7 @@ def max_difference(a, b) -> float:
 
 
 def test_slide_optimizer_per_batch_loses_momentum(small):
-    ns = run_cells("def slide_client_update(", model=small["model"],
+    ns = run_cells("slide-client-update", model=small["model"],
                    global_weights=small["weights"], iid_datasets=small["datasets"], LR=0.1)
     # The lesson's claims: without state the two loops agree; a fresh momentum optimizer per
     # batch is plain SGD; momentum that persists across batches gives other weights.
@@ -49,7 +48,7 @@ def test_slide_optimizer_per_batch_loses_momentum(small):
 def test_my_client_update_agrees_with_fedutils(small):
     from fedutils import fedavg
 
-    ns = run_cells("def slide_client_update(", "def my_client_update(", model=small["model"],
+    ns = run_cells("slide-client-update", "my-client-update", model=small["model"],
                    global_weights=small["weights"], iid_datasets=small["datasets"], LR=0.1)
     model = small["model"]
     for ds in small["datasets"][:2]:
@@ -65,7 +64,7 @@ def test_my_client_update_agrees_with_fedutils(small):
 def test_proximal_solution_agrees_with_fedutils(small):
     from fedutils import fedavg
 
-    ns = run_cells("def slide_client_update(", "def my_prox_client_update(", model=small["model"],
+    ns = run_cells("slide-client-update", "exercise-1-solution", model=small["model"],
                    global_weights=small["weights"], shard_datasets=small["datasets"],
                    iid_datasets=small["datasets"], LR=0.1)
     model, start = small["model"], small["weights"]
@@ -85,7 +84,7 @@ def test_proximal_solution_agrees_with_fedutils(small):
 def test_drift_stats_and_updates_after_measure_what_the_lesson_says(small):
     from fedutils import data, fedavg
 
-    ns = run_cells("def drift_stats(", global_weights=small["weights"], LR=0.1)
+    ns = run_cells("drift-stats", global_weights=small["weights"], LR=0.1)
     drift_stats = ns["drift_stats"]
     counts = np.array([1.0, 3.0])
     same = drift_stats(np.array([[3.0, 4.0], [3.0, 4.0]]), counts)
@@ -120,7 +119,7 @@ def test_fedsgd_round_is_one_full_batch_gradient_step_on_any_split(small):
 
     from fedutils import data, fedavg, models
 
-    ns = run_cells("def batched(")
+    ns = run_cells("rounds-to-target")
     clients = data.as_client_data(small["datasets"])
     x = np.concatenate([c.x for c in clients])
     y = np.concatenate([c.y for c in clients])
@@ -147,7 +146,7 @@ def test_rounds_to_target_is_the_first_round_at_the_target(small, digits_split):
     from fedutils import data, fedavg, models
 
     x_train, x_test, y_train, y_test = digits_split
-    ns = run_cells("def batched(")
+    ns = run_cells("rounds-to-target")
     ns.update(TARGET=0.5, MAX_ROUNDS={"FedSGD": 4})
     clients = data.as_client_data(small["datasets"])
     found = ns["rounds_to_target"]("FedAvg E=1 B=20", clients, 0.3, (x_test, y_test), seed=1)
@@ -165,27 +164,24 @@ def test_exercise_2_check_accepts_the_solution_and_rejects_a_wrong_scale(small, 
     x_train, _, y_train, _ = digits_split
     names = dict(model=small["model"], global_weights=small["weights"], x_train=x_train,
                  y_train=y_train, BATCH_SIZE=20, LR=0.1, iid_datasets=small["datasets"])
-    ns = run_cells("def slide_client_update(", "def drift_stats(", **names)
-    solved = run_cells("def slide_client_update(", "def drift_stats(", "# SOLUTION\nuneven_parts",
-                       "# CHECK\nexpected = fedavg.server_aggregate", **names)
+    ns = run_cells("slide-client-update", "drift-stats", **names)
+    solved = run_cells("slide-client-update", "drift-stats", "exercise-2-solution",
+                       "exercise-2-check", **names)
     assert 0 < solved["relative_difference"] < 1
     answer = {k: solved[k] for k in ("weighted_update", "updates", "counts")}
     with pytest.raises(AssertionError):  # max |difference| is not the asked-for scale
-        run_cells("def slide_client_update(", "def drift_stats(",
-                  "# CHECK\nexpected = fedavg.server_aggregate", **names, **answer,
+        run_cells("slide-client-update", "drift-stats", "exercise-2-check", **names, **answer,
                   relative_difference=ns["max_difference"](solved["weighted_update"],
                                                            solved["plain_update"]))
 
 
 def test_exercise_3_check_accepts_the_solution_and_rejects_a_wrong_verdict(small):
     names = dict(global_weights=small["weights"], LR=0.1, NUM_CLIENTS=10)
-    ns = run_cells("def drift_stats(", **names)
+    ns = run_cells("drift-stats", **names)
     ns.update(EPOCH_POINTS=(1, 5), SEEDS=(0, 1))  # a smaller drift experiment
-    exec(compile(lesson_cell("SPLIT_NAMES = "), "drift", "exec"), ns)
-    for marker in ("# SOLUTION\nshard_groups", "# CHECK\nassert isinstance(prox_distance"):
-        exec(compile(lesson_cell(marker), marker, "exec"), ns)
+    exec_cells(ns, "drift-experiment", "exercise-3-solution", "exercise-3-check")
     assert ns["prox_distance"].mean < ns["at"](ns["spread"]["2 digits per client", "from global"],
                                               5).mean
     ns["agree_more"] = not ns["agree_more"]
     with pytest.raises(AssertionError):
-        exec(compile(lesson_cell("# CHECK\nassert isinstance(prox_distance"), "check", "exec"), ns)
+        exec_cells(ns, "exercise-3-check")

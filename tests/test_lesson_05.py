@@ -1,6 +1,6 @@
 """Lesson 05 (server aggregation): the code the lesson writes in the open does what it says.
 
-The lesson's cells are read from the notebook and executed here: its two means must equal
+The lesson's cells (found by their name tags) are executed here: its two means must equal
 `fedutils.fedavg.server_aggregate`, its unweighted aggregator must make `run_fedavg` take the
 plain mean, relabelling hidden units must leave the network's function unchanged, a one-step
 weighted round must equal a gradient step on the pooled data, and problem 2's federation must be
@@ -22,18 +22,16 @@ import lesson_code
 
 NOTEBOOK = Path(__file__).resolve().parent.parent / "lessons" / "05_server_aggregation.ipynb"
 
-
-cell = partial(lesson_code.cell_source, NOTEBOOK, unique=True)
+cell = partial(lesson_code.cell_source, NOTEBOOK)
 
 
 @pytest.fixture(scope="module")
 def lesson():
-    ns = {"np": np, "tf": tf, "fedavg": fedavg}
-    for marker in ("def slide_server_aggregate(", "def unweighted_mean("):
-        exec(cell(marker), ns)
+    ns = lesson_code.exec_cells(NOTEBOOK, {"np": np, "tf": tf, "fedavg": fedavg},
+                                "slide-server-aggregate", "unweighted-mean")
     # The permutation and pooled-step cells also run an experiment: take only their functions.
-    for marker in ("def permute_hidden_units(", "def pooled_gradient_step("):
-        source = cell(marker)
+    for tag in ("permute-hidden-units", "pooled-gradient-step"):
+        source = cell(tag)
         exec(source[:source.index("\n\n\n")], ns)
     return ns
 
@@ -123,7 +121,7 @@ def test_federation_parts_deals_small_and_large_clients(lesson):
     x_train, _, y_train, _ = data.train_test_split(x, y, test_fraction=0.25, seed=0)
     ns = dict(lesson, y_train=y_train, SMALL_LABELS=(0, 1, 7), NUM_SMALL=20, SMALL_SIZE=5,
               NUM_LARGE=5)
-    source = cell("def federation_parts(")
+    source = cell("small-and-large-clients")
     source = source[source.index("def federation_parts("):]
     exec(source[:source.index("\n\n\n")], ns)
     for seed in (0, 3):
@@ -138,11 +136,10 @@ def test_federation_parts_deals_small_and_large_clients(lesson):
     assert not np.array_equal(ns["federation_parts"](0)[0], ns["federation_parts"](1)[0])
 
 
-def exercise_check(marker: str, **names):
-    """Run the exercise's # CHECK cell (found by `marker`) with `names` as the learner's."""
-    source = cell(marker)
-    assert source.startswith("# CHECK")
-    exec(compile(source, f"check: {marker}", "exec"), {"np": np, "fedavg": fedavg, **names})
+def exercise_check(number: int, **names):
+    """Run exercise `number`'s check cell with `names` as the learner's."""
+    lesson_code.exec_cells(NOTEBOOK, {"np": np, "fedavg": fedavg, **names},
+                           f"exercise-{number}-check")
 
 
 def test_exercise_1_check_accepts_the_solution_and_rejects_averaged_weights(clients):
@@ -158,11 +155,9 @@ def test_exercise_1_check_accepts_the_solution_and_rejects_averaged_weights(clie
     from_weights = [sum(c[t] for c in local) / 30 for t in range(len(initial))]
     names = dict(by_hand=by_hand, initial_weights=initial, local_weights=local,
                  max_diff=max_diff, via_updates=via)
-    exercise_check("max_diff(via_updates, by_hand) < 1e-5", from_updates=from_updates,
-                   from_weights=from_weights, **names)
+    exercise_check(1, from_updates=from_updates, from_weights=from_weights, **names)
     with pytest.raises(AssertionError):   # the two swapped
-        exercise_check("max_diff(via_updates, by_hand) < 1e-5", from_updates=from_weights,
-                       from_weights=from_updates, **names)
+        exercise_check(1, from_updates=from_weights, from_weights=from_updates, **names)
 
 
 def test_exercise_2_check_accepts_a_cap_and_rejects_the_plain_weighted_mean():
@@ -175,10 +170,8 @@ def test_exercise_2_check_accepts_a_cap_and_rejects_the_plain_weighted_mean():
     def weighted_mean(updates, num_examples, client_ids, rng):
         return fedavg.server_aggregate(updates, num_examples)
 
-    exercise_check("assert len(capped_runs) == len(SEEDS)", capped_mean=capped_mean, **names)
+    exercise_check(2, capped_mean=capped_mean, **names)
     with pytest.raises(AssertionError):
-        exercise_check("assert len(capped_runs) == len(SEEDS)", capped_mean=weighted_mean,
-                       **names)
+        exercise_check(2, capped_mean=weighted_mean, **names)
     with pytest.raises(AssertionError):   # one run is not a result over seeds
-        exercise_check("assert len(capped_runs) == len(SEEDS)", capped_mean=capped_mean,
-                       **dict(names, capped_runs=[history]))
+        exercise_check(2, capped_mean=capped_mean, **dict(names, capped_runs=[history]))

@@ -1,11 +1,11 @@
 """Lesson 06 builds privacy tools in the open; these tests run the notebook's own cells (found
-by their `# lesson06: NAME` marker) and check them against fedutils.privacy on small data: the
+by their name tags) and check them against fedutils.privacy on small data: the
 label attack, pairwise masks, DP-FedAvg and DP-SGD by hand (against fedutils, tensorflow-privacy
 and TFF's DP aggregator), the replace-one epsilon of local DP (against the exact Gaussian
 mechanism), and the exercises' checks (they accept the solution and reject a wrong answer)."""
 from __future__ import annotations
 
-import json
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -14,19 +14,11 @@ import pytest
 import fedutils
 from fedutils import data, fedavg, models, partition, privacy
 
+import lesson_code
+
 NOTEBOOK = Path(__file__).resolve().parent.parent / "lessons" / "06_privacy.ipynb"
-
-
-def run_cell(marker: str, **namespace) -> dict:
-    """Execute the lesson's code cell tagged `# lesson06: <marker>` in a fresh namespace."""
-    cells = json.loads(NOTEBOOK.read_text(encoding="utf-8"))["cells"]
-    sources = ["".join(c["source"]) for c in cells if c["cell_type"] == "code"]
-    found = [s for s in sources if f"# lesson06: {marker}\n" in s + "\n"]
-    assert len(found) == 1, f"expected one cell marked {marker!r}, found {len(found)}"
-    ns = {"np": np, "fedutils": fedutils, "data": data, "fedavg": fedavg, "models": models,
-          "privacy": privacy, **namespace}
-    exec(compile(found[0], f"06_privacy.ipynb[{marker}]", "exec"), ns)
-    return ns
+run_cells = partial(lesson_code.run_cells, NOTEBOOK)
+cell_source = partial(lesson_code.cell_source, NOTEBOOK)
 
 
 def random_updates(rng, num_clients, shapes=((6, 5), (5,), (5, 3), (3,))):
@@ -44,7 +36,7 @@ def digits():
 
 def test_attack_recovers_exact_label_counts_from_real_one_step_updates(digits):
     x_train, x_test, y_train, _ = digits
-    attack = run_cell("attack")["label_counts_from_update"]
+    attack = run_cells("label-attack")["label_counts_from_update"]
     parts = partition.iid_partition(y_train, 150, seed=0)[:8]
     clients = data.make_client_datasets(x_train, y_train, parts, batch_size=64, seed=0)
     fedutils.set_seed(0)
@@ -68,7 +60,7 @@ def test_attack_recovers_exact_label_counts_from_real_one_step_updates(digits):
 
 @pytest.mark.parametrize("num_clients,seed", [(2, 0), (3, 42), (6, 9)])
 def test_masking_by_hand_equals_mask_updates(num_clients, seed):
-    ns = run_cell("masks")
+    ns = run_cells("pairwise-masks")
     rng = np.random.default_rng(seed)
     vectors = [rng.normal(0, 5, size=17) for _ in range(num_clients)]
     by_hand = ns["mask_by_hand"](vectors, seed)
@@ -82,9 +74,9 @@ def test_masking_by_hand_equals_mask_updates(num_clients, seed):
 
 @pytest.mark.parametrize("dropped", [[2], [0], [1, 3], [0, 4]])
 def test_dropout_recovery_by_hand_equals_secure_sum(dropped):
-    masks = run_cell("masks")
-    recover_sum = run_cell("dropout", pair_mask=masks["pair_mask"],
-                           decode=masks["decode"])["recover_sum"]
+    masks = run_cells("pairwise-masks")
+    recover_sum = run_cells("dropout-recovery", pair_mask=masks["pair_mask"],
+                            decode=masks["decode"])["recover_sum"]
     rng = np.random.default_rng(1)
     vectors = [rng.normal(0, 2, size=11) for _ in range(5)]
     sent = masks["mask_by_hand"](vectors, 5)
@@ -102,7 +94,7 @@ def test_dropout_recovery_by_hand_equals_secure_sum(dropped):
 
 @pytest.mark.parametrize("clip,z,m", [(0.5, 1.0, 6), (0.05, 0.3, 10.0), (100.0, 0.0, 6)])
 def test_dp_fedavg_by_hand_equals_the_aggregator(clip, z, m):
-    by_hand = run_cell("dp-fedavg")["dp_fedavg_by_hand"]
+    by_hand = run_cells("dp-fedavg-by-hand")["dp_fedavg_by_hand"]
     updates = random_updates(np.random.default_rng(2), 6)
     mine = by_hand(updates, clip, z, m, np.random.default_rng(8))
     theirs = privacy.DPFedAvgAggregator(clip, z, expected_clients=m)(
@@ -141,14 +133,12 @@ def test_local_dp_epsilon_is_that_of_half_the_noise_multiplier():
 
 def test_the_lesson_prints_the_replace_one_epsilon():
     """The saved output of the local-DP table: the z = 1 row's epsilon is that of z/2."""
-    cells = json.loads(NOTEBOOK.read_text(encoding="utf-8"))["cells"]
-    table = [c for c in cells if c["cell_type"] == "code"
-             and "epsilon of one update" in "".join(c["source"])]
-    assert len(table) == 1
-    text = "".join("".join(o.get("text", "")) for o in table[0]["outputs"])
+    table = lesson_code.tagged_cell(NOTEBOOK, "local-dp-epsilon")
+    text = "".join(o.get("text", "") for o in table.outputs)
     row = next(line for line in text.splitlines() if line.split()[:1] == ["1.0"])
-    delta = next(float(line.split()[2].rstrip(";")) for c in cells if c["cell_type"] == "code"
-                 for line in "".join(c["source"]).splitlines() if line.startswith("DELTA = "))
+    delta = next(float(line.split()[2].rstrip(";"))
+                 for line in cell_source("delta-policy").splitlines()
+                 if line.startswith("DELTA = "))
     assert float(row.split()[-1]) == pytest.approx(
         privacy.compute_epsilon(0.5, 1.0, 1, delta), rel=2e-2)
 
@@ -157,9 +147,7 @@ def test_the_lesson_prints_the_replace_one_epsilon():
 
 @pytest.fixture(scope="module")
 def dp_sgd():
-    import tensorflow as tf
-
-    ns = run_cell("dp-sgd-by-hand", tf=tf)
+    ns = run_cells("dp-sgd-by-hand")
     fedutils.set_seed(0)
     ns["model"] = models.create_digits_model()
     ns["start"] = ns["model"].get_weights()
@@ -324,16 +312,8 @@ def test_tff_gaussian_fixed_is_dp_fedavg_aggregator(digits):
 
 # --- the exercises' checks ----------------------------------------------------------------------
 
-def check_cell(marker: str) -> str:
-    cells = json.loads(NOTEBOOK.read_text(encoding="utf-8"))["cells"]
-    found = ["".join(c["source"]) for c in cells if c["cell_type"] == "code"
-             and marker in "".join(c["source"])]
-    assert len(found) == 1 and found[0].startswith("# CHECK"), marker
-    return found[0]
-
-
 def test_exercise_1_check_accepts_the_smallest_z_and_rejects_a_larger_one():
-    source = check_cell("plan B's mean update is less noisy")
+    source = cell_source("exercise-1-check")
     delta, clip = 1e-7, 0.35
     grid = np.arange(0.5, 5.01, 0.25)
     plans = {}
@@ -348,7 +328,7 @@ def test_exercise_1_check_accepts_the_smallest_z_and_rejects_a_larger_one():
 
 
 def test_exercise_2_check_accepts_the_best_on_validation_and_rejects_another():
-    source = check_cell("more epochs, more noise")
+    source = cell_source("exercise-2-check")
     n, batch, delta = 1078, 128, 1e-7
     grid = np.arange(0.5, 8.01, 0.25)
     runs = {}

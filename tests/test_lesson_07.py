@@ -1,7 +1,7 @@
 """Lesson 07 (communication): what the lesson builds in the open agrees with fedutils.compression.
 
-The functions are taken from the notebook's own cells (found by their `def`/`class` line and
-executed), so a change in the lesson that breaks agreement fails here. The last test checks the
+The functions are taken from the notebook's own cells (found by their name tags and executed),
+so a change in the lesson that breaks agreement fails here. The last test checks the
 lesson's description of TFF's compression_aggregator() against the installed TFF source; the
 exercises' checks must accept the solution and reject a wrong answer.
 """
@@ -11,25 +11,21 @@ import inspect
 import math
 from pathlib import Path
 
-import nbformat
 import numpy as np
 import pytest
 
 from fedutils import compression
 
+import lesson_code
+
 LESSON = Path(__file__).resolve().parent.parent / "lessons" / "07_communication.ipynb"
 DIGITS_SHAPES = [(64, 64), (64,), (64, 10), (10,)]
 
 
-def lesson_namespace(*names: str) -> dict:
-    """Execute the lesson cells that define `names` (pure definition cells) and return them."""
-    cells = [c.source for c in nbformat.read(LESSON, as_version=4).cells if c.cell_type == "code"]
+def lesson_namespace(*tags: str) -> dict:
+    """Execute the lesson's definition cells tagged `tags` and return what they define."""
     namespace = {"np": np, "math": math, "compression": compression}
-    for name in names:
-        found = [src for src in cells if f"def {name}(" in src or f"class {name}:" in src]
-        assert len(found) == 1, f"expected one cell defining {name}, found {len(found)}"
-        exec(compile(found[0], f"<lesson 07: {name}>", "exec"), namespace)
-    return namespace
+    return lesson_code.exec_cells(LESSON, namespace, *tags)
 
 
 def random_update(rng, shapes=DIGITS_SHAPES):
@@ -37,7 +33,7 @@ def random_update(rng, shapes=DIGITS_SHAPES):
 
 
 def test_slide_top_k_sends_small_tensors_whole_and_fedutils_does_not():
-    compress_weights = lesson_namespace("compress_weights")["compress_weights"]
+    compress_weights = lesson_namespace("slide-compress-weights")["compress_weights"]
     update = random_update(np.random.default_rng(0))
     slide = compress_weights(update, 0.01)
     fixed = compression.top_k_sparsify(update, 0.01)
@@ -51,7 +47,7 @@ def test_slide_top_k_sends_small_tensors_whole_and_fedutils_does_not():
 
 @pytest.mark.parametrize("ratio", [0.5, 0.1, 0.07, 0.05, 0.01, 0.001, 1.0])
 def test_top_k_by_hand_equals_fedutils(ratio):
-    top_k_by_hand = lesson_namespace("top_k_by_hand")["top_k_by_hand"]
+    top_k_by_hand = lesson_namespace("top-k-by-hand")["top_k_by_hand"]
     rng = np.random.default_rng(1)
     shapes = DIGITS_SHAPES + [(100,), (3,), (7, 3, 5)]
     update = random_update(rng, shapes)
@@ -64,7 +60,7 @@ def test_top_k_by_hand_equals_fedutils(ratio):
 @pytest.mark.parametrize("bits", [1, 2, 4, 8, 16])
 @pytest.mark.parametrize("stochastic", [False, True])
 def test_quantize_by_hand_equals_fedutils(bits, stochastic):
-    ns = lesson_namespace("quantize_by_hand", "dequantize_by_hand")
+    ns = lesson_namespace("quantize-by-hand")
     update = random_update(np.random.default_rng(2)) + [np.full((4,), 0.5, np.float32)]
     rng = np.random.default_rng(3)
     mine = [ns["quantize_by_hand"](u, bits, stochastic, rng) for u in update]
@@ -78,7 +74,7 @@ def test_quantize_by_hand_equals_fedutils(bits, stochastic):
 
 
 def test_exercise_error_feedback_equals_fedutils_and_loses_nothing():
-    MyErrorFeedback = lesson_namespace("MyErrorFeedback")["MyErrorFeedback"]
+    MyErrorFeedback = lesson_namespace("exercise-2-solution")["MyErrorFeedback"]
     rng = np.random.default_rng(4)
     compressors = [lambda u: compression.top_k_sparsify(u, 0.01),
                    lambda u: compression.dequantize(compression.quantize(u, 2))]
@@ -101,7 +97,7 @@ def test_exercise_error_feedback_equals_fedutils_and_loses_nothing():
 
 
 def test_kept_share_and_top_k_beats_random_k():
-    kept_share = lesson_namespace("kept_share")["kept_share"]
+    kept_share = lesson_namespace("kept-share")["kept_share"]
     full = [np.array([3.0, 4.0]), np.array([0.0])]
     assert kept_share([np.array([0.0, 4.0]), np.array([0.0])], full) == pytest.approx(16 / 25)
     update = [u * np.exp(np.random.default_rng(5).normal(size=u.shape)).astype(np.float32)
@@ -137,17 +133,10 @@ def test_tff_compression_aggregator_is_as_the_lesson_describes():
     assert np.mean(codes == ours) > 0.99
 
 
-def check_cell(marker: str) -> str:
-    cells = [c.source for c in nbformat.read(LESSON, as_version=4).cells
-             if c.cell_type == "code" and marker in c.source]
-    assert len(cells) == 1 and cells[0].startswith("# CHECK"), marker
-    return cells[0]
-
-
 def test_exercise_1_check_accepts_the_fitting_candidates_and_rejects_others():
     from fedutils import fedavg
 
-    source = check_cell("assert set(budget_results) ==")
+    source = lesson_code.cell_source(LESSON, "exercise-1-check")
     spreads = {"top-k 5% + EF": fedavg.Spread([0, 1, 2], np.array([0.89, 0.9, 0.91])),
                "2-bit stochastic": fedavg.Spread([0, 1, 2], np.array([0.9, 0.9, 0.92]))}
     fits = ["top-k 1% + EF", "top-k 2% + EF", "top-k 5% + EF", "1-bit stochastic",
@@ -169,7 +158,7 @@ def test_exercise_1_check_accepts_the_fitting_candidates_and_rejects_others():
 def test_exercise_3_check_accepts_the_both_ways_factors_and_rejects_upload_only():
     from fedutils import fedavg
 
-    source = check_cell("factor_dense_down < 2 < factor_8bit_down")
+    source = lesson_code.cell_source(LESSON, "exercise-3-check")
     weights = [np.zeros(s, np.float32) for s in DIGITS_SHAPES]
     rounds, clients = 30, 30
 

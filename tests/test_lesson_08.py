@@ -1,13 +1,12 @@
 """Lesson 08 builds a Dirichlet split and FedProx's proximal step in the open and fixes the
-slide's generator; these tests run the lesson's own cells (found by a marker they contain) and
-hold them to fedutils (partition.dirichlet_partition, fedavg.client_update) and to hand
+slide's generator; these tests run the lesson's own cells (found by their name tags) and hold
+them to fedutils (partition.dirichlet_partition, fedavg.client_update) and to hand
 computation."""
 from functools import partial
 from pathlib import Path
 
 import numpy as np
 import pytest
-import tensorflow as tf
 
 import fedutils
 from fedutils import data, models, partition
@@ -17,22 +16,13 @@ import lesson_code
 
 NOTEBOOK = Path(__file__).resolve().parent.parent / "lessons" / "08_non_iid_data.ipynb"
 
-
-lesson_cell = partial(lesson_code.cell_source, NOTEBOOK)
-
-
-def run_cells(*markers: str, **names) -> dict:
-    """Run the cells holding `markers` in a namespace that starts with NumPy and `names`."""
-    namespace: dict = {"np": np, "tf": tf, "partition": partition, **names}
-    for marker in markers:
-        exec(compile(lesson_cell(marker), f"{NOTEBOOK.name}: {marker}", "exec"), namespace)
-    return namespace
+run_cells = partial(lesson_code.run_cells, NOTEBOOK)
 
 
 @pytest.fixture(scope="module")
 def lesson():
-    return run_cells("def my_dirichlet_partition(", "def is_disjoint_and_complete(",
-                     y_train=np.arange(40) % 4, NUM_CLIENTS=4)
+    return run_cells("dirichlet-by-hand", "disjoint-and-complete", y_train=np.arange(40) % 4,
+                     NUM_CLIENTS=4)
 
 
 @pytest.mark.parametrize("num_clients, alpha, seed", [
@@ -77,8 +67,7 @@ def test_dirichlet_100_is_less_skewed_than_iid_dealing(digits_split):
     """The lesson's explanation: per-label allocation with shares near 1/20 holds each client's
     label counts closer to the global mix than shuffling and cutting does, on every seed."""
     y_train = digits_split[2]
-    ns = run_cells("def count_spread(", y_train=y_train, NUM_CLIENTS=20,
-                   over_seeds=fedutils.fedavg.over_seeds)
+    ns = run_cells("count-spread", y_train=y_train, NUM_CLIENTS=20)
     iid, dirichlet = ns["near_iid"].values()
     for seed in range(5):
         assert (partition.label_skew(y_train, dirichlet(seed))
@@ -94,7 +83,7 @@ def prox(digits_split):
     x_train, _, y_train, _ = digits_split
     parts = partition.dirichlet_partition(y_train, 20, 0.1, seed=0)
     client = data.make_client_data(x_train, y_train, parts, batch_size=20, seed=0)[0]
-    return run_cells("def proximal_step(", models=models), client
+    return run_cells("proximal-step"), client
 
 
 @pytest.mark.parametrize("mu", [0.0, 0.01, 1.0])
@@ -132,7 +121,7 @@ def test_proximal_step_adds_mu_times_distance_to_the_gradient(prox):
 
 
 def test_seeded_slide_generator_is_reproducible_and_label_free():
-    ns = run_cells("def create_non_iid_data_seeded(")
+    ns = run_cells("slide-generator-seeded")
     make = ns["create_non_iid_data_seeded"]
     a = make(5, 10, np.random.default_rng(3))
     b = make(5, 10, np.random.default_rng(3))
@@ -152,8 +141,8 @@ def test_seeded_slide_generator_is_reproducible_and_label_free():
 
 def test_exercise_1_solution_passes_its_check_and_a_wrong_answer_fails(digits_split):
     names = {"y_train": digits_split[2], "NUM_CLIENTS": 20}
-    solution = run_cells("shard_skew, max_classes = {}, {}", **names)
-    check = lesson_cell("more shards per client, less skew")
+    solution = run_cells("exercise-1-solution", **names)
+    check = lesson_code.cell_source(NOTEBOOK, "exercise-1-check")
     exec(check, dict(solution))
     wrong = dict(solution, shard_skew={k: 0.5 for k in (1, 2, 5, 10)})
     with pytest.raises(AssertionError):

@@ -1,7 +1,7 @@
 """Lesson 09 builds its hospitals, a federated standardisation, training alone / federated /
 pooled with checkpoints, bootstrap intervals and the slide's missing FedAvg round in the open.
-These tests run the lesson's own cells (found by a marker they contain) on small settings and
-hold them to fedutils, NumPy, scikit-learn and textbook formulas; each exercise's check must
+These tests run the lesson's own cells (found by their name tags) on small settings and hold
+them to fedutils, NumPy, scikit-learn and textbook formulas; each exercise's check must
 accept the solution and reject a wrong answer."""
 from functools import partial
 from pathlib import Path
@@ -13,17 +13,15 @@ import lesson_code
 
 NOTEBOOK = Path(__file__).resolve().parent.parent / "lessons" / "09_healthcare.ipynb"
 
-
-lesson_cell = partial(lesson_code.cell_source, NOTEBOOK)
 run_cells = partial(lesson_code.run_cells, NOTEBOOK)
+exec_cells = partial(lesson_code.exec_cells, NOTEBOOK)
 SMALL = {"PASSES = (10, 30, 100, 300)": "PASSES = (10, 100)", "REPEATS = 5": "REPEATS = 3"}
 
 
 @pytest.fixture(scope="module")
 def hospitals():
     """The lesson's hospitals (split, train/validation/test, standardisation), on the real data."""
-    return run_cells("def split_hospitals(", "def hospital_data(", "def federated_standardizer(",
-                     "def steps_per_pass(")
+    return run_cells("hospitals", "hospital-splits", "federated-standardisation", "steps-per-pass")
 
 
 @pytest.fixture(scope="module")
@@ -31,14 +29,12 @@ def lesson(hospitals):
     """The lesson up to its per-hospital evaluation, with 3 repetitions and budgets of 10 and
     100 passes (the cells' own code, those two settings replaced)."""
     ns = dict(hospitals)
-    training = lesson_cell("PASSES = (10, 30, 100, 300)")
+    training = lesson_code.cell_source(NOTEBOOK, "train-three-ways")
     for old, new in SMALL.items():
         assert old in training
         training = training.replace(old, new)
     exec(compile(training, "training", "exec"), ns)
-    for marker in ("def validation_loss(", "def bootstrap_recall(", "def paired_difference("):
-        exec(compile(lesson_cell(marker), marker, "exec"), ns)
-    return ns
+    return exec_cells(ns, "validation-loss", "bootstrap-recall", "paired-difference")
 
 
 def test_hospitals_follow_the_plan_and_share_no_patient(hospitals):
@@ -203,7 +199,7 @@ def test_federated_round_agrees_with_run_fedavg():
     x, y = data.load_digits(images=True)
     parts = partition.dirichlet_partition(y[:300], 3, alpha=0.5, seed=1)
     datasets = data.make_client_datasets(x[:300], y[:300], parts, batch_size=16, seed=2)
-    ns = run_cells("def federated_round(", image_model=models.create_medical_model(),
+    ns = run_cells("federated-round-by-hand", image_model=models.create_medical_model(),
                    image_datasets=datasets)
     assert ns["difference"] < 1e-5
     start = ns["image_start"]
@@ -220,36 +216,34 @@ def test_federated_round_agrees_with_run_fedavg():
     assert max(float(np.max(np.abs(a - b))) for a, b in zip(ns["by_hand"], by_formula)) < 1e-6
 
 
-def solved(lesson, marker):
-    """The namespace after the exercise's solution cell (the one holding `marker`)."""
-    ns = dict(lesson)
-    exec(compile(lesson_cell(marker), marker, "exec"), ns)
-    return ns
+def solved(lesson, number):
+    """The namespace after exercise `number`'s solution cell."""
+    return exec_cells(dict(lesson), f"exercise-{number}-solution")
 
 
-def check(ns, marker):
-    exec(compile(lesson_cell(marker), marker, "exec"), dict(ns))
+def check(ns, number):
+    """Run exercise `number`'s check cell on the names in `ns` (left unchanged)."""
+    exec_cells(dict(ns), f"exercise-{number}-check")
 
 
 def test_exercise_1_check_accepts_the_solution_and_rejects_wrong_answers(lesson):
-    ns = solved(lesson, "def scaled_by_own_statistics(")
+    ns = solved(lesson, 1)
     assert ns["accept_proposal"] is False, "own statistics hurt at least one hospital"
-    check(ns, "accept only if no hospital's validation loss gets worse")
+    check(ns, 1)
     with pytest.raises(AssertionError):
-        check(dict(ns, accept_proposal=True), "accept only if no hospital's validation loss")
+        check(dict(ns, accept_proposal=True), 1)
     shared_only = {n: (s, s) for n, (_, s) in ns["scaling_loss"].items()}
     with pytest.raises(AssertionError):
-        check(dict(ns, scaling_loss=shared_only), "accept only if no hospital's validation loss")
+        check(dict(ns, scaling_loss=shared_only), 1)
 
 
 def test_exercise_2_check_accepts_the_solution_and_rejects_wrong_answers(lesson):
-    ns = solved(lesson, "RECALL_TARGET = ")
+    ns = solved(lesson, 2)
     assert ns["validation_recall"](ns["threshold"]) >= ns["RECALL_TARGET"]
-    marker = "take the largest threshold that meets the target"
-    check(ns, marker)
+    check(ns, 2)
     smaller = [t for t in ns["CANDIDATE_THRESHOLDS"] if t < ns["threshold"]]
     if smaller:  # meets the target but flags more healthy patients than needed
         with pytest.raises(AssertionError):
-            check(dict(ns, threshold=max(smaller)), marker)
+            check(dict(ns, threshold=max(smaller)), 2)
     with pytest.raises(AssertionError):
-        check(dict(ns, threshold=0.95), marker)
+        check(dict(ns, threshold=0.95), 2)

@@ -1,6 +1,6 @@
 """Lesson 10 (smart keyboards) builds its data pipeline, one FedAvg round, its recall metric, a
 bigram model and central training on chunks of the pooled windows in the open. These tests run
-the notebook's own cells (found by the code they contain) and check them against fedutils and
+the notebook's own cells (found by their name tags) and check them against fedutils and
 against plain reference computations; each exercise's check must accept the solution and
 reject a wrong answer."""
 from __future__ import annotations
@@ -16,27 +16,24 @@ import lesson_code
 
 NOTEBOOK = Path(__file__).resolve().parent.parent / "lessons" / "10_smart_keyboards.ipynb"
 
-
-cell = partial(lesson_code.cell_source, NOTEBOOK, unique=True)
+cell = partial(lesson_code.cell_source, NOTEBOOK)
+exec_cells = partial(lesson_code.exec_cells, NOTEBOOK)
+DATA = ("slide-model-size", "speeches-and-users", "vocabulary-and-windows", "phones-and-pools")
 
 
 @pytest.fixture(scope="module")
 def lesson() -> dict:
     """The lesson's namespace after its setup, data and one-round cells (the round on fewer,
     unequal batches per phone, to keep the test fast and make the weighting matter)."""
-    namespace: dict = {}
-    for marker in ["import fedutils  # first", "def describe(model)", "def tokenize(text)",
-                   "def make_windows(", "MAX_WINDOWS, BATCH ="]:
-        exec(cell(marker), namespace)
+    namespace = lesson_code.run_cells(NOTEBOOK, *DATA)
     from fedutils.data import ClientData
 
     full = namespace["train_clients"]
     namespace["train_clients"] = [ClientData(c.x[:n], c.y[:n], c.batch_size)
                                   for c, n in zip(full[:3], (100, 60, 80))]
-    exec(cell("ROUND_LR ="), namespace)
+    exec_cells(namespace, "one-round-by-hand")
     namespace["train_clients"] = full
-    exec(cell("def suggest(scores, k)"), namespace)
-    return namespace
+    return exec_cells(namespace, "suggestions-and-recall")
 
 
 def test_users_are_split_disjointly_and_vocabulary_uses_training_users_only(lesson):
@@ -125,11 +122,8 @@ def test_bigram_suggests_the_most_frequent_followers(lesson):
 
 
 def test_central_chunks_are_the_pooled_windows_in_rounds_of_equal_size():
-    ns: dict = {}
-    for marker in ["import fedutils  # first", "def describe(model)", "def tokenize(text)",
-                   "def make_windows(", "MAX_WINDOWS, BATCH ="]:
-        exec(cell(marker), ns)
-    source = cell("SETTINGS = {")
+    ns = lesson_code.run_cells(NOTEBOOK, *DATA)
+    source = cell("central-chunks")
     exec(source[:source.index("\n\n\ndef train(")], ns)
     chunks, pool = ns["chunks"], len(ns["y_pool"])
     assert pool % ns["CHUNK"] == 0 and len(chunks) == pool // ns["CHUNK"]
@@ -144,8 +138,8 @@ def test_central_chunks_are_the_pooled_windows_in_rounds_of_equal_size():
 
 def test_exercise_1_check_accepts_the_solution_and_rejects_wrong_answers(lesson):
     ns = dict(lesson)
-    exec(cell("BUDGET = 1_000_000"), ns)
-    check = cell("the choice must fit the upload budget")
+    exec_cells(ns, "exercise-1-solution")
+    check = cell("exercise-1-check")
     exec(check, dict(ns))
     too_big = [s for s in ns["upload_bytes"] if ns["upload_bytes"][s] > 1_000_000]
     with pytest.raises(AssertionError):
@@ -163,8 +157,8 @@ def test_exercise_2_check_accepts_the_solution_and_rejects_wrong_answers(lesson)
     from fedutils.evaluation import predict
 
     ns = dict(lesson, predict=predict, keyboard=lesson["model_fn"]())
-    exec(cell("same_order = "), ns)
-    check = cell("count every window of the ten users, OOV targets as misses")
+    exec_cells(ns, "exercise-2-solution")
+    check = cell("exercise-2-check")
     exec(check, dict(ns))
     xs = np.concatenate([ns["windows"][u][0] for u in ns["test_users"][:10]])
     ys = np.concatenate([ns["windows"][u][1] for u in ns["test_users"][:10]])

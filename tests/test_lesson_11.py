@@ -1,7 +1,7 @@
 """Lesson 11 simulates unreliable clients: a round deadline and an availability sampler built in
 the open as fedutils aggregators, and partial work from slow clients as a round loop of
-`client_update` and `server_aggregate`. These tests run the lesson's own cells (found by a
-marker they contain) on small data and hold them to fedutils.fedavg and to hand computations;
+`client_update` and `server_aggregate`. These tests run the lesson's own cells (found by their
+name tags) on small data and hold them to fedutils.fedavg and to hand computations;
 each exercise's check must accept the solution and reject a wrong answer."""
 from functools import partial
 from pathlib import Path
@@ -16,9 +16,9 @@ import lesson_code
 
 NOTEBOOK = Path(__file__).resolve().parent.parent / "lessons" / "11_challenges.ipynb"
 
-
-lesson_cell = partial(lesson_code.cell_source, NOTEBOOK)
 run_cells = partial(lesson_code.run_cells, NOTEBOOK)
+exec_cells = partial(lesson_code.exec_cells, NOTEBOOK)
+cell = partial(lesson_code.cell_source, NOTEBOOK)
 
 
 def max_difference(a, b) -> float:
@@ -33,7 +33,7 @@ def small():
     parts = partition.dirichlet_partition(y[:300], 6, alpha=0.5, seed=1)
     clients = data.make_client_data(x[:300], y[:300], parts, batch_size=16, seed=0)
     fed = SimpleNamespace(clients=clients, y_train=y[:300], partitions=parts)
-    return run_cells("class DeadlineAggregator", "def partial_update(", NUM_CLIENTS=6,
+    return run_cells("deadline-aggregator", "partial-work", NUM_CLIENTS=6,
                      LOCAL_EPOCHS=2, LR=0.1, PER_ROUND=4, SEEDS=(0,), feds={0: fed},
                      x_test=x[1500:], y_test=y[1500:], ROUNDS=2)
 
@@ -54,7 +54,7 @@ def random_round(rng, num_clients, like):
 
 
 def test_slide_availability_matches_the_formula():
-    ns = run_cells("def simulate_client_availability(")
+    ns = run_cells("slide-availability")
     observed = ns["empty"] / ns["SIMULATED_ROUNDS"]
     assert abs(observed - 0.09) < 0.004  # 4 standard errors at 100,000 rounds
     # fedutils' sampler gives the same chance of an empty round.
@@ -64,7 +64,7 @@ def test_slide_availability_matches_the_formula():
 
 
 def test_slide_average_of_nothing_is_silent_and_fedutils_is_not():
-    ns = run_cells("def slide_server_aggregate(")
+    ns = run_cells("slide-server-aggregate")
     assert ns["aggregated"] == []
     with pytest.raises(ValueError, match="empty"):
         fedavg.server_aggregate([])
@@ -179,7 +179,7 @@ def test_normalised_average_is_fedavg_when_every_client_takes_the_same_steps(sma
 
 
 def test_online_sampler_keeps_online_clients_and_weights_by_inverse_probability():
-    ns = run_cells("def online_sampler(", PER_ROUND=10, feds={}, train=None)
+    ns = run_cells("availability-groups", PER_ROUND=10, feds={}, train=None)
     rng = np.random.default_rng(3)
     updates, counts = random_round(rng, 8, models.create_digits_model().get_weights())
     everyone = ns["online_sampler"](np.ones(8), per_round=8)
@@ -201,7 +201,7 @@ def test_online_sampler_keeps_online_clients_and_weights_by_inverse_probability(
 
 def test_two_groups_hold_mostly_their_own_digits():
     fed = data.federated_digits(50, "dirichlet", alpha=0.5, seed=0)
-    ns = run_cells("def two_groups(", PER_ROUND=10, feds={0: fed}, train=None)
+    ns = run_cells("availability-groups", PER_ROUND=10, feds={0: fed}, train=None)
     clients = ns["two_groups"](0)
     assert len(clients) == 50
     assert sum(len(c) for c in clients) == len(fed.y_train), "every training example, once"
@@ -218,14 +218,14 @@ def history_with(accuracy, clients_per_round, model_bytes=1000):
 
 
 def test_exercise_1_check_accepts_the_solution_and_rejects_wrong_answers():
-    ns = run_cells("def late_accuracy(")
+    ns = run_cells("federations-and-training")
     model_bytes = 19_240
     ns["MODEL_BYTES"] = model_bytes
     ns["participation"] = {k: [history_with([0.8 + 0.002 * k] * 30, k, model_bytes)] * 3
                            for k in (5, 10, 25, 50)}
-    exec(lesson_cell("BUDGET_MB = 15"), ns)
+    exec_cells(ns, "exercise-1-solution")
     assert ns["per_round_choice"] == 10
-    check = lesson_cell("traffic counts the model sent down and the update sent up")
+    check = cell("exercise-1-check")
     exec(check, dict(ns))
     with pytest.raises(AssertionError):
         exec(check, dict(ns, per_round_choice=25))
@@ -235,10 +235,10 @@ def test_exercise_1_check_accepts_the_solution_and_rejects_wrong_answers():
 
 def test_exercise_2_check_accepts_the_solution_and_rejects_wrong_answers():
     feds = {0: data.federated_digits(50, "dirichlet", alpha=0.5, seed=0)}
-    ns = run_cells("class DeadlineAggregator", "def on_time_shares(", NUM_CLIENTS=50,
+    ns = run_cells("deadline-aggregator", "on-time-shares", NUM_CLIENTS=50,
                    LOCAL_EPOCHS=2, PER_ROUND=10, SEEDS=(0,), feds=feds)
-    exec(lesson_cell("CANDIDATE_DEADLINES = "), ns)
-    check = lesson_cell("choose the shortest deadline that meets the requirement")
+    exec_cells(ns, "exercise-2-solution")
+    check = cell("exercise-2-check")
     exec(check, dict(ns))
     longer = [d for d in (2, 3, 5, 8, 12) if d > ns["deadline_choice"]]
     if longer:

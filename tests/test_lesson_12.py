@@ -1,6 +1,6 @@
 """Lesson 12 (evaluation): the code the lesson writes in the open does what it says.
 
-The lesson's cells are read from the notebook and executed here on small data: its local
+The lesson's cells (found by their name tags) are executed here on small data: its local
 train/test split must be a proper split of every client, its federation must keep ten whole
 clients out of training, its hand-written federated evaluation (per-client reports, then
 weighted and unweighted aggregates) and its corrected version of the slide's pooled loop must
@@ -23,8 +23,8 @@ import lesson_code
 
 NOTEBOOK = Path(__file__).resolve().parent.parent / "lessons" / "12_evaluation.ipynb"
 
-
-cell = partial(lesson_code.cell_source, NOTEBOOK, unique=True)
+cell = partial(lesson_code.cell_source, NOTEBOOK)
+exec_cells = partial(lesson_code.exec_cells, NOTEBOOK)
 
 
 @pytest.fixture(scope="module")
@@ -32,9 +32,8 @@ def lesson():
     x, y = data.load_digits()
     ns = {"np": np, "tf": tf, "partition": partition, "SimpleNamespace": SimpleNamespace,
           "x": x, "y": y, "NUM_CLIENTS": 40, "ALPHA": 0.2, "UNSEEN": 10}
-    for marker in ("def split_locally(", "def pooled_evaluation(", "def evaluate_on_client("):
-        exec(cell(marker), ns)
-    source = cell("def many_small_few_large(")  # a function inside an experiment cell
+    exec_cells(ns, "split-locally", "pooled-evaluation", "evaluate-on-client")
+    source = cell("many-small-few-large")  # a function inside an experiment cell
     start = source.index("def many_small_few_large(")
     exec(source[start:source.index("\n\n\n", start)], ns)
     return ns
@@ -135,7 +134,7 @@ def evaluated(lesson, federation):
     shifted = [w + 0.05 for w in ns["original_weights"]]  # seed 1's "model": other weights
     ns["histories"] = {0: SimpleNamespace(final_weights=ns["original_weights"]),
                        1: SimpleNamespace(final_weights=shifted)}
-    exec(cell("def three_evaluations("), ns)
+    exec_cells(ns, "three-evaluations")
     return ns
 
 
@@ -156,32 +155,32 @@ def test_three_evaluations_score_the_right_examples(evaluated):
         assert result[kind].unweighted["accuracy"] == pytest.approx(np.mean(per_client))
 
 
-def solved(ns, marker):
-    ns = dict(ns)
-    exec(cell(marker), ns)
-    return ns
+def solved(ns, number):
+    """The namespace after exercise `number`'s solution cell."""
+    return exec_cells(dict(ns), f"exercise-{number}-solution")
 
 
-def check(ns, marker):
-    exec(cell(marker), dict(ns))
+def check(ns, number):
+    """Run exercise `number`'s check cell on the names in `ns` (left unchanged)."""
+    exec_cells(dict(ns), f"exercise-{number}-check")
 
 
 def test_exercise_1_check_accepts_the_solution_and_rejects_wrong_answers(evaluated):
-    ns = solved(evaluated, "accept_monitor = bool(")
-    check(ns, "accept only if the mean gap is within one percentage point")
+    ns = solved(evaluated, 1)
+    check(ns, 1)
     with pytest.raises(AssertionError):
-        check(dict(ns, accept_monitor=not ns["accept_monitor"]), "accept only if the mean gap")
+        check(dict(ns, accept_monitor=not ns["accept_monitor"]), 1)
     with pytest.raises(AssertionError):  # the gap the other way round
-        check(dict(ns, gaps=-ns["gaps"]), "accept only if the mean gap")
+        check(dict(ns, gaps=-ns["gaps"]), 1)
 
 
 def test_exercise_2_check_accepts_the_solution_and_rejects_wrong_answers(evaluated):
-    ns = solved(evaluated, "gap_is_real = bool(")
-    check(ns, "the per-client (unweighted) gap")
+    ns = solved(evaluated, 2)
+    check(ns, 2)
     with pytest.raises(AssertionError):
-        check(dict(ns, gap_is_real=not ns["gap_is_real"]), "the per-client (unweighted) gap")
+        check(dict(ns, gap_is_real=not ns["gap_is_real"]), 2)
     with pytest.raises(AssertionError):  # standard deviations instead of standard errors
         wrong = [np.hypot(ns["evaluations"][s][ns["KINDS"][1]].accuracies.std(ddof=1),
                           ns["evaluations"][s][ns["KINDS"][2]].accuracies.std(ddof=1))
                  for s in ns["SEEDS"]]
-        check(dict(ns, standard_errors=np.array(wrong)), "the per-client (unweighted) gap")
+        check(dict(ns, standard_errors=np.array(wrong)), 2)

@@ -1,10 +1,11 @@
-"""Lesson 16 (server optimizers and client drift): the lesson's own cells, found by a marker they
-contain, held to fedutils: FedAvgM and FedAdam written in NumPy against
+"""Lesson 16 (server optimizers and client drift): the lesson's own cells, found by their name
+tags, held to fedutils: FedAvgM and FedAdam written in NumPy against
 `fedutils.server_optimizers`, the SCAFFOLD round written with `client_update(correction=...)`
 against `run_fedavg(scaffold=True)`, the validation carve-out, the Flower defaults it quotes, and
 the exercise checks (they accept the solutions and reject the tempting wrong answers)."""
 from __future__ import annotations
 
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -18,11 +19,7 @@ import lesson_code
 NOTEBOOK = (Path(__file__).resolve().parent.parent / "lessons"
             / "16_server_optimizers_and_client_drift.ipynb")
 METHODS = ("FedAvg", "SCAFFOLD", "FedAvgM", "FedAdam")
-
-
-def run(namespace: dict, marker: str) -> dict:
-    exec(compile(lesson_code.cell_source(NOTEBOOK, marker), marker, "exec"), namespace)
-    return namespace
+run = partial(lesson_code.exec_cells, NOTEBOOK)  # run(namespace, *tags): no setup cell
 
 
 def max_diff(a, b):
@@ -31,7 +28,7 @@ def max_diff(a, b):
 
 @pytest.fixture(scope="module")
 def optimizers():
-    return lesson_code.run_cells(NOTEBOOK, "def my_fedavgm(")
+    return lesson_code.run_cells(NOTEBOOK, "server-optimizers-by-hand")
 
 
 def pseudo_gradients(dtype, steps=6, seed=0):
@@ -94,7 +91,7 @@ def small_clients():
 
 
 def test_my_scaffold_round_equals_run_fedavg_scaffold(small_clients):
-    ns = lesson_code.run_cells(NOTEBOOK, "def my_scaffold_round(")
+    ns = lesson_code.run_cells(NOTEBOOK, "scaffold-round-by-hand")
     fedutils.set_seed(0)
     model = models.create_digits_model()
     x0 = model.get_weights()
@@ -116,7 +113,7 @@ def test_my_scaffold_round_equals_run_fedavg_scaffold(small_clients):
 
 
 def test_carve_validation_holds_out_each_clients_last_examples(small_clients):
-    ns = lesson_code.run_cells(NOTEBOOK, "NUM_CLIENTS, PER_ROUND", "def carve_validation(")
+    ns = lesson_code.run_cells(NOTEBOOK, "shards-federation", "validation-carve-out")
     kept, (vx, vy) = ns["carve_validation"](small_clients, fraction=0.2)
     assert [len(k) for k in kept] == [12, 31, 56, 22]
     assert len(vy) == sum(len(c) for c in small_clients) - sum(len(k) for k in kept)
@@ -128,7 +125,7 @@ def test_carve_validation_holds_out_each_clients_last_examples(small_clients):
 
 
 def test_lesson_validation_never_touches_the_test_set():
-    ns = lesson_code.run_cells(NOTEBOOK, "NUM_CLIENTS, PER_ROUND", "def carve_validation(")
+    ns = lesson_code.run_cells(NOTEBOOK, "shards-federation", "validation-carve-out")
     train = {row.tobytes() for row in ns["shards"].x_train}
     test = {row.tobytes() for row in ns["x_test"]}
     validation = {row.tobytes() for row in ns["validation"][0]}
@@ -139,7 +136,7 @@ def test_lesson_validation_never_touches_the_test_set():
 
 def test_flower_defaults_in_the_lesson_are_the_installed_flowers():
     pytest.importorskip("flwr", reason="Flower lives in the current-TF environment")
-    ns = lesson_code.run_cells(NOTEBOOK, "FLOWER_1_39_DEFAULTS = {")
+    ns = lesson_code.run_cells(NOTEBOOK, "flower-defaults")
     for module, expected in ns["FLOWER_1_39_DEFAULTS"].items():
         assert ns["installed_flower_defaults"](module) == expected
 
@@ -149,7 +146,7 @@ def test_flower_defaults_in_the_lesson_are_the_installed_flowers():
 def exercise_1_names(rounds: dict, per_round: dict) -> dict:
     """The names exercise 1 reads, for made-up runs: each method reaches 90% in the given
     rounds per seed and moves `per_round` bytes (down, up) each round."""
-    ns = lesson_code.run_cells(NOTEBOOK, "def rounds_to_target(")
+    ns = lesson_code.run_cells(NOTEBOOK, "rounds-to-target")
     results = {}
     for m in METHODS:
         curves = np.full((3, 30), 0.5)
@@ -174,17 +171,17 @@ SCENARIOS = {  # SCAFFOLD fastest in rounds but dearest in bytes; then cheap eno
 def test_exercise_1_check_accepts_the_solution(scenario):
     rounds, scaffold_cheaper, cheapest = SCENARIOS[scenario]
     per_round = {m: (10 * MODEL * (2 if m == "SCAFFOLD" else 1),) * 2 for m in METHODS}
-    ns = run(exercise_1_names(rounds, per_round), "mean_rounds = {m: np.mean(")
+    ns = run(exercise_1_names(rounds, per_round), "exercise-1-solution")
     assert ns["scaffold_cheaper_than_fedavg"] is scaffold_cheaper
     assert ns["cheapest"] == cheapest
-    run(ns, "SCAFFOLD sends twice as much per round")
+    run(ns, "exercise-1-check")
 
 
 @pytest.mark.parametrize("wrong", ["rounds not bytes", "upload only", "flipped judgement"])
 def test_exercise_1_check_rejects_wrong_answers(wrong):
     rounds, _, _ = SCENARIOS["dear"]
     per_round = {m: (10 * MODEL * (2 if m == "SCAFFOLD" else 1),) * 2 for m in METHODS}
-    ns = run(exercise_1_names(rounds, per_round), "mean_rounds = {m: np.mean(")
+    ns = run(exercise_1_names(rounds, per_round), "exercise-1-solution")
     if wrong == "rounds not bytes":  # judge by rounds: SCAFFOLD looks cheaper than FedAvg
         ns["bytes_to_target"] = dict(ns["mean_rounds"])
         ns["scaffold_cheaper_than_fedavg"] = True
@@ -193,7 +190,7 @@ def test_exercise_1_check_rejects_wrong_answers(wrong):
     else:
         ns["scaffold_cheaper_than_fedavg"] = not ns["scaffold_cheaper_than_fedavg"]
     with pytest.raises(AssertionError):
-        run(ns, "SCAFFOLD sends twice as much per round")
+        run(ns, "exercise-1-check")
 
 
 # --- the drift picture and exercise 2 -----------------------------------------------------------
@@ -201,10 +198,9 @@ def test_exercise_1_check_rejects_wrong_answers(wrong):
 @pytest.fixture(scope="module")
 def drift():
     """The lesson's own SCAFFOLD rounds in the open and its drift measurement (real settings)."""
-    return lesson_code.run_cells(NOTEBOOK, "NUM_CLIENTS, PER_ROUND", "def my_fedavgm(",
-                                 "def max_difference(",
-                                 "def my_scaffold_round(", "OPEN_ROUNDS, OPEN_LR",
-                                 "def drift_stats(")
+    return lesson_code.run_cells(NOTEBOOK, "shards-federation", "server-optimizers-by-hand",
+                                 "optimizers-agree", "scaffold-round-by-hand",
+                                 "scaffold-in-the-open", "drift-stats")
 
 
 def test_lesson_scaffold_agrees_with_run_fedavg_and_corrects_drift(drift):
@@ -226,9 +222,9 @@ def test_drift_stats_by_hand(drift):
 
 
 def test_exercise_2_check_accepts_the_solution_and_rejects_swapped_answers(drift):
-    ns = run(dict(drift), "prox_deltas, prox_counts = [], []")
+    ns = run(dict(drift), "exercise-2-solution")
     assert (ns["raises_agreement"], ns["shortens_updates"]) == ("SCAFFOLD", "FedProx")
-    run(dict(ns), "the clients of that remedy do not agree")
+    run(dict(ns), "exercise-2-check")
     for wrong in [dict(raises_agreement="FedProx"), dict(shortens_updates="SCAFFOLD")]:
         with pytest.raises(AssertionError):
-            run(dict(ns, **wrong), "the clients of that remedy do not agree")
+            run(dict(ns, **wrong), "exercise-2-check")

@@ -1,9 +1,10 @@
 """Lesson 17 builds gradient inversion, a malicious-client aggregator and a backdoor trigger in
-the open; these tests run the notebook's own cells and check them against
-fedutils.techniques.attacks, and check that the exercises' checks accept the solutions and
-reject wrong answers."""
+the open; these tests run the notebook's own cells (found by their name tags) and check them
+against fedutils.techniques.attacks, and check that the exercises' checks accept the solutions
+and reject wrong answers."""
 from __future__ import annotations
 
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -11,21 +12,12 @@ import pytest
 
 from fedutils import models, robust
 from fedutils import attacks
-from lesson_code import cell_source, run_cells
+from lesson_code import exec_cells, run_cells
 
 NOTEBOOK = Path(__file__).resolve().parent.parent / "lessons" / "17_attacks_and_defences.ipynb"
-DATA = "x_train, x_val, y_train, y_val ="
-SECRET = "secret_x, secret_y ="
-DLG = "def dlg_by_hand"
-FEDERATION = "def sign_flip_by_hand"
-TRIGGER = "def plant_backdoor"
-EXERCISE_1_CHECK = "rebuilt = np.asarray(invert_first_layer(g))"
-
-
-def run(namespace: dict, marker: str) -> dict:
-    exec(compile(cell_source(NOTEBOOK, marker, unique=True), f"{NOTEBOOK.name}: {marker}",
-                 "exec"), namespace)
-    return namespace
+DATA, SECRET, DLG = "data-splits", "secret-gradient", "dlg-by-hand"
+FEDERATION, TRIGGER = "federation-and-sign-flip", "backdoor-trigger"
+run = partial(exec_cells, NOTEBOOK)  # run(namespace, *tags): no setup cell
 
 
 @pytest.fixture(scope="module")
@@ -75,24 +67,23 @@ def test_the_trigger_by_hand_is_add_trigger(federation_ns):
 
 
 def test_exercise_1_check_accepts_the_solution_and_rejects_a_wrong_answer():
-    ns = run_cells(NOTEBOOK, DATA, SECRET, "def invert_first_layer")
-    run(ns, EXERCISE_1_CHECK)
+    ns = run_cells(NOTEBOOK, DATA, SECRET, "exercise-1-solution")
+    run(ns, "exercise-1-check")
     ns["invert_first_layer"] = lambda g: g[0][:, np.argmax(np.abs(g[1]))]  # forgot to divide
     with pytest.raises(AssertionError):
-        run(ns, EXERCISE_1_CHECK)
+        run(ns, "exercise-1-check")
 
 
 def test_exercise_2_check_accepts_the_solution_and_rejects_wrong_answers(federation_ns):
     ns = dict(federation_ns)
-    run(ns, "multi_krum = train(")
-    run(ns, "assert len(multi_krum) == ROUNDS")
+    run(ns, "exercise-2-solution", "exercise-2-check")
     assert ns["multi_krum_success"] < 0.1
     wrong = dict(ns, multi_krum_success=0.5)                # not the model's success
     with pytest.raises(AssertionError):
-        run(wrong, "assert len(multi_krum) == ROUNDS")
+        run(wrong, "exercise-2-check")
     no_attack = ns["train"](ns["federation"](ns["plant_backdoor"], 1),
                             robust.Krum(ns["NUM_MALICIOUS"], num_selected=12), 1)
     wrong = dict(ns, multi_krum=no_attack, multi_krum_success=attacks.backdoor_success(
         ns["probe"], no_attack.final_weights, ns["x_test"], ns["y_test"], ns["TARGET"]))
     with pytest.raises(AssertionError, match="boosted"):        # the attack was left out
-        run(wrong, "assert len(multi_krum) == ROUNDS")
+        run(wrong, "exercise-2-check")

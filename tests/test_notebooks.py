@@ -12,6 +12,9 @@ import nbformat
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "scripts"))
+from course import has_role  # noqa: E402
+
 LESSONS = sorted((ROOT / "lessons").glob("[0-9][0-9]_*.ipynb"))
 NOISE = re.compile(r"(I|W|E) tensorflow/|cpu_feature_guard|oneDNN custom operations|"
                    r"Traceback \(most recent call last\)|WARNING:absl|WARNING:tensorflow")
@@ -62,7 +65,8 @@ def test_lesson_is_committed_clean(path):
                 out.get("data", {}).get("text/plain", ""))
             assert not NOISE.search(text), f"log noise in output of {cell.source[:60]!r}"
     sources = "\n".join(c.source for c in code)
-    assert "# SOLUTION" in sources and "# CHECK" in sources, "exercises with solutions and checks"
+    assert any(has_role(c, "solution") for c in code) and any(has_role(c, "check") for c in code), \
+        "exercises with solutions and checks"
     for removed in ("tff.learning.from_keras_model(", "build_federated_averaging_process("):
         assert removed not in sources, f"removed TFF API {removed} called"
 
@@ -81,5 +85,5 @@ def test_lesson_has_badge_colab_cell_and_navigation(path):
     assert set(stamps) == {"header", "colab", "footer"}
     assert "colab.research.google.com/github/" in stamps["header"].source
     assert path.name in stamps["header"].source
-    assert stamps["colab"].source.startswith("# NBVAL_SKIP")
+    assert has_role(stamps["colab"], "nbval-skip")
     assert nb.cells[0] is stamps["header"] and nb.cells[-1] is stamps["footer"]
