@@ -18,9 +18,9 @@ STAMP_TAG = "course-stamp"   # cells written by scripts/stamp_lessons.py (badge,
 DEFAULT_KERNELSPEC = {"name": "python3", "display_name": "Python 3 (ipykernel)",
                       "language": "python"}
 # A cell's role is a cell tag: `solution` (student copies drop it), `check` (asserts on the
-# exercise before it), and nbval's own `nbval-skip` and `nbval-check-output`. Lessons written
-# before the tag migration mark it instead with a first line; scripts/tag_cells.py moves those
-# markers to tags.
+# exercise before it), and nbval's own `nbval-skip` and `nbval-check-output`. A notebook written
+# with first-line markers instead (an instructor's, say) is converted by scripts/tag_cells.py,
+# which moves each marker below to its tag; the tools read tags only.
 MARKERS = {"solution": "# SOLUTION", "check": "# CHECK", "nbval-skip": "# NBVAL_SKIP",
            "nbval-check-output": "# NBVAL_CHECK_OUTPUT"}
 
@@ -57,11 +57,8 @@ def first_line(cell) -> str:
 
 
 def has_role(cell, tag: str) -> bool:
-    """Whether a cell carries the tag `tag` (one of MARKERS), as a tag or as its marker line."""
-    if tag in cell.metadata.get("tags", []):
-        return True
-    # TAG MIGRATION: delete this fallback once scripts/tag_cells.py --check passes on lessons/.
-    return tag in MARKERS and first_line(cell) == MARKERS[tag]
+    """Whether a cell carries the role tag `tag` (one of MARKERS)."""
+    return tag in cell.metadata.get("tags", [])
 
 
 def is_modern(nb) -> bool:

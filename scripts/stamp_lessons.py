@@ -22,9 +22,8 @@ from pathlib import Path
 
 import nbformat
 
-from course import MARKERS, ROOT, is_modern, lesson_paths, title_of
+from course import ROOT, is_modern, lesson_paths, title_of
 from course import STAMP_TAG as TAG
-from tag_cells import markers_in
 
 
 def repository() -> str:
@@ -55,9 +54,9 @@ def navigation(prev, nxt) -> str:
     return " · ".join(p for p in parts if p)
 
 
-def colab_cell(repo: str, extras: str = "colab", marker: bool = False) -> str:
-    """The Colab install cell; with `marker`, its first line is nbval's `# NBVAL_SKIP`."""
-    return "\n".join(([MARKERS["nbval-skip"]] if marker else []) + [
+def colab_cell(repo: str, extras: str = "colab") -> str:
+    """The Colab install cell's source (the cell carries nbval's `nbval-skip` tag)."""
+    return "\n".join([
         "# Colab only: install the course helpers (fedutils) and the data packages they use.",
         "# Elsewhere this cell does nothing: `make lab` has installed everything already.",
         "import subprocess, sys",
@@ -86,12 +85,7 @@ def stamped(nb: nbformat.NotebookNode, repo: str, path: Path, prev, nxt) -> nbfo
     title_index = next(i for i, c in enumerate(cells) if c.cell_type == "markdown")
     # A lesson saved with the current-TF kernel (15) needs Flower on Colab too.
     extras = "colab,flower" if is_modern(nb) else "colab"
-    # The Colab cell follows the lesson's own cells: a first-line marker while they use markers,
-    # the nbval-skip tag once scripts/tag_cells.py has moved them to tags.
-    # TAG MIGRATION: after it, keep only the tagged form.
-    marker = bool(markers_in(nb, skip_tag=TAG))
-    colab = make("code", "colab", colab_cell(repo, extras, marker),
-                 () if marker else ("nbval-skip",))
+    colab = make("code", "colab", colab_cell(repo, extras), ("nbval-skip",))
     cells.insert(title_index + 1, colab)
     cells.insert(0, make("markdown", "header", header(repo, path, prev, nxt)))
     cells.append(make("markdown", "footer", "---\n\n" + navigation(prev, nxt)))

@@ -16,26 +16,14 @@ from pathlib import Path
 
 import nbformat
 from nbconvert import NotebookExporter
-from nbconvert.preprocessors import ClearOutputPreprocessor, Preprocessor, TagRemovePreprocessor
+from nbconvert.preprocessors import ClearOutputPreprocessor, TagRemovePreprocessor
 
-from course import ROOT, has_role, lesson_paths
-
-
-class DropMarkedSolutions(Preprocessor):
-    """Drops cells whose first line is the `# SOLUTION` marker.
-
-    TAG MIGRATION: delete this class (and its registration below) once the lessons carry the
-    `solution` tag (scripts/tag_cells.py --check passes); TagRemovePreprocessor does the rest."""
-
-    def preprocess(self, nb, resources):
-        nb.cells = [c for c in nb.cells if not (c.cell_type == "code" and has_role(c, "solution"))]
-        return nb, resources
+from course import ROOT, lesson_paths
 
 
 def exporter() -> NotebookExporter:
     """A notebook-to-notebook exporter that removes solutions and clears outputs."""
     out = NotebookExporter()
-    out.register_preprocessor(DropMarkedSolutions(), enabled=True)
     out.register_preprocessor(TagRemovePreprocessor(remove_cell_tags={"solution"}), enabled=True)
     out.register_preprocessor(ClearOutputPreprocessor(), enabled=True)
     return out

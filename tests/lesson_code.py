@@ -42,11 +42,6 @@ def name_tags(cell) -> list[str]:
     return [t for t in cell.metadata.get("tags", []) if t not in NOT_NAMES]
 
 
-def is_tagged(notebook: Path) -> bool:
-    """Whether any code cell of `notebook` carries a name tag."""
-    return any(name_tags(c) for c in code_cells(notebook))
-
-
 def tagged_cell(notebook: Path, tag: str):
     """The one code cell of `notebook` tagged `tag`; fails clearly if none or several do, or if
     an exercise cell lacks the role its name says."""
@@ -62,14 +57,8 @@ def tagged_cell(notebook: Path, tag: str):
     return found[0]
 
 
-def cell_source(notebook: Path, tag: str, unique: bool = False) -> str:
-    """Source of the one code cell of `notebook` tagged `tag`.
-
-    TAG MIGRATION: a notebook without any name tag (lessons 13, 14, 15, 18 until they carry
-    them) is still searched by text: `tag` is then a substring, see `cell_containing`; `unique`
-    matters only there (a tag always names one cell)."""
-    if not is_tagged(notebook):
-        return cell_containing(notebook, tag, unique)
+def cell_source(notebook: Path, tag: str) -> str:
+    """Source of the one code cell of `notebook` tagged `tag`."""
     return tagged_cell(notebook, tag).source
 
 
@@ -83,23 +72,9 @@ def exec_cells(notebook: Path, namespace: dict, *tags: str) -> dict:
 
 def run_cells(notebook: Path, *tags: str, **names) -> dict:
     """Run the lesson's `setup` cell, then the cells tagged `tags`, with `names` defined;
-    return the resulting namespace.
-
-    TAG MIGRATION: in a notebook without name tags the setup cell is the first one containing
-    `fedutils.set_seed(0)` and `tags` are substrings (see `cell_source`)."""
+    return the resulting namespace."""
     namespace: dict = {}
-    setup = SETUP if is_tagged(notebook) else "fedutils.set_seed(0)"
-    exec_cells(notebook, namespace, setup)
+    exec_cells(notebook, namespace, SETUP)
     namespace.update(names)
     return exec_cells(notebook, namespace, *tags)
 
-
-def cell_containing(notebook: Path, text: str, unique: bool = False) -> str:
-    """TAG MIGRATION: lessons 13, 14, 15, 18 until they carry name tags. Source of the first
-    code cell of `notebook` that contains `text` (with `unique`, of the only one). Delete this
-    function, and the fallbacks to it above, once every lesson has name tags."""
-    found = [c.source for c in code_cells(notebook) if text in c.source]
-    assert found, f"no code cell of {Path(notebook).name} contains {text!r}"
-    assert not unique or len(found) == 1, \
-        f"expected one cell of {Path(notebook).name} with {text!r}, found {len(found)}"
-    return found[0]

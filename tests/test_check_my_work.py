@@ -34,23 +34,23 @@ def grade(nb, tmp_path: Path, name: str = "copy.ipynb"):
 
 
 def test_every_outcome_on_a_small_notebook(tmp_path):
-    """Checks marked both ways: by a first-line `# CHECK` and by the `check` tag."""
+    """Every way an exercise can end; its checks carry the `check` tag."""
     nb = nbformat.v4.new_notebook(cells=[
         md("# 99 · A small lesson"), code("import math"),
         md("**Exercise 1.** Set x to 2."), code("x = 2"),
-        code("# CHECK\nassert x == 2, 'x should be 2'"),
+        tagged("assert x == 2, 'x should be 2'", "check"),
         md("**Exercise 2.** Set y to 4."), code("y = 3"),
         tagged("assert y == 4, f'y is {y}, expected 4'", "check"),
         md("**Exercise 3.** Set z to 1."),
-        code("# CHECK\nassert z == 1"),
+        tagged("assert z == 1", "check"),
         md("**Exercise 4.** Set w."), code("raise NotImplementedError()"),
         tagged("assert w", "check"),
         md("**Exercise 5.** Set v."), code("v = 1 / 0"),
-        code("# CHECK\nassert v"),
+        tagged("assert v", "check"),
         md("**Exercise 6.** Set u."), code("# your answer here\n"),
         tagged("assert u", "check"),
         md("**Exercise 7.** Set t to [2]."), code("t = [1]"),
-        code("# CHECK\nassert t == [2]"),
+        tagged("assert t == [2]", "check"),
         md("**Exercise 8.** Name it s."), code("S = 1"),
         tagged("assert s == 1", "check"),
     ])
@@ -74,7 +74,7 @@ def test_every_outcome_on_a_small_notebook(tmp_path):
 def test_an_error_in_the_lesson_itself_is_reported_beside_the_exercises(tmp_path):
     nb = nbformat.v4.new_notebook(cells=[
         code("import a_module_that_does_not_exist"), md("**Exercise 1.**"), code("x = 1"),
-        code("# CHECK\nassert x == 1")])
+        tagged("assert x == 1", "check")])
     results, errors = grade(nb, tmp_path)
     assert [r.status for r in results] == ["passed"]
     assert errors == ["cell 1: ModuleNotFoundError: No module named "
@@ -89,7 +89,7 @@ def solutions_pasted_back(original, copy):
         if cell.cell_type == "code" and has_role(cell, "check"):
             number += 1
         elif cell.cell_type == "code" and has_role(cell, "solution"):
-            solutions[number].append(code(cell.source.replace("# SOLUTION\n", "", 1)))
+            solutions[number].append(code(cell.source))
     cells, number = [], 0
     for cell in copy.cells:
         if cell.cell_type == "code" and has_role(cell, "check"):

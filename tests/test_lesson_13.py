@@ -1,7 +1,7 @@
 """Lesson 13 (future directions): what the lesson builds in the open behaves like fedutils, and
 its exercise checks accept the solutions and reject wrong answers.
 
-The tests run the notebook's own cells (found by the code they contain) on small settings:
+The tests run the notebook's own cells (named by their tags) on small settings:
 the multiply-add count against a hand count; the private digits split into pool, validation and
 test; the head trained on features computed once against `create_transfer_model`; the bytes
 each transfer arm sends; the FedPer round and Ditto's personal step written with
@@ -10,6 +10,7 @@ personalization section; and the two exercises on made-up results.
 """
 from __future__ import annotations
 
+import ast
 from functools import partial
 from pathlib import Path
 
@@ -22,24 +23,15 @@ import lesson_code
 matplotlib.use("Agg")
 NOTEBOOK = Path(__file__).resolve().parent.parent / "lessons" / "13_future_directions.ipynb"
 
-cell = partial(lesson_code.cell_source, NOTEBOOK, unique=True)
-
-
-def run(namespace: dict, *markers: str) -> dict:
-    for marker in markers:
-        exec(compile(cell(marker), f"lesson 13: {marker}", "exec"), namespace)
-    return namespace
+run = partial(lesson_code.exec_cells, NOTEBOOK)  # run(namespace, *tags): no setup cell
 
 
 @pytest.fixture(scope="module")
 def transfer() -> dict:
     """The lesson's namespace after its setup, data, pretraining and features cells (the
     MobileNetV2 cells and the experiments are left out)."""
-    namespace = lesson_code.run_cells(NOTEBOOK, "NUM_CLIENTS, PER_CLIENT = 20, 4",
-                                      "pretrained = fedavg.run_fedavg(full_fn, server_data",
-                                      "transfer_model = models.create_transfer_model(",
-                                      "features = {name: base.predict(",
-                                      "def transfer_run(arm, client_lr, seed, evaluate_on):")
+    namespace = lesson_code.run_cells(NOTEBOOK, "private-digits-split", "pretrain-base",
+                                      "transfer-model", "features-once", "transfer-run")
     import matplotlib.pyplot as plt
 
     plt.close("all")
@@ -51,8 +43,9 @@ def test_multiply_adds_counts_by_hand():
 
     layers = tf.keras.layers
     namespace = lesson_code.run_cells(NOTEBOOK)
-    source = cell("def multiply_adds(model):")
-    exec(source[:source.index("mobilenet = ")], namespace)
+    source = lesson_code.cell_source(NOTEBOOK, "multiply-adds")
+    functions = [node for node in ast.parse(source).body if isinstance(node, ast.FunctionDef)]
+    exec(compile(ast.Module(functions, type_ignores=[]), "multiply-adds", "exec"), namespace)
     small = tf.keras.Sequential([tf.keras.Input(shape=(8, 8, 1)), layers.Conv2D(32, 3),
                                  layers.MaxPooling2D(), layers.Flatten(), layers.Dense(5)])
     assert namespace["multiply_adds"](small) == 6 * 6 * 32 * 9 * 1 + 288 * 5
@@ -139,8 +132,7 @@ def test_each_arm_sends_its_model_both_ways_and_starts_where_it_says(transfer, m
 @pytest.fixture(scope="module")
 def personal() -> dict:
     """The personalization section's split and the FedPer and Ditto rounds written in the open."""
-    namespace = lesson_code.run_cells(NOTEBOOK, "def personal_split(seed):",
-                                      "def my_fedper_round(body, heads, clients, chosen,",
+    namespace = lesson_code.run_cells(NOTEBOOK, "personal-split", "fedper-ditto-by-hand",
                                       SEEDS=(0,))
     import matplotlib.pyplot as plt
 
@@ -223,7 +215,7 @@ def exercise_one(**overrides) -> dict:
 
 def test_exercise_one_check_accepts_the_solution():
     namespace = exercise_one()
-    run(namespace, "# SOLUTION\noptions = {}", "# CHECK\nassert budget_arm in ARMS")
+    run(namespace, "exercise-1-solution", "exercise-1-check")
     # 320 bytes: three rounds of the full model (best 0.75), four of the head (best 0.79)
     assert (namespace["budget_arm"], namespace["budget_rounds"]) == ("frozen base", 4)
 
@@ -236,7 +228,7 @@ def test_exercise_one_check_accepts_the_solution():
 def test_exercise_one_check_rejects_wrong_choices(arm, rounds, why):
     namespace = exercise_one(budget_arm=arm, budget_rounds=rounds)
     with pytest.raises(AssertionError, match=why):
-        run(namespace, "# CHECK\nassert budget_arm in ARMS")
+        run(namespace, "exercise-1-check")
 
 
 def exercise_two(**overrides) -> dict:
@@ -252,7 +244,7 @@ def exercise_two(**overrides) -> dict:
 
 def test_exercise_two_check_accepts_the_solution():
     namespace = exercise_two()
-    run(namespace, "# SOLUTION\nuse_personal = ", "# CHECK\nexpected = val_acc")
+    run(namespace, "exercise-2-solution", "exercise-2-check")
     np.testing.assert_array_equal(namespace["use_personal"], [False, False, True, True])
     assert namespace["gated_test"] == pytest.approx((0.8 + 0.9 + 0.9 + 0.6) / 4)
     assert namespace["gating_helps"] is False
@@ -268,4 +260,4 @@ def test_exercise_two_check_rejects_wrong_answers(use_personal, gated_test, help
     namespace = exercise_two(use_personal=np.array(use_personal), gated_test=gated_test,
                              gating_helps=helps)
     with pytest.raises(AssertionError, match=why):
-        run(namespace, "# CHECK\nexpected = val_acc")
+        run(namespace, "exercise-2-check")

@@ -2,7 +2,8 @@
 exist and that the lessons use), the aggregator the lesson writes agrees with fedutils' DP-FedAvg
 and compression aggregators and keeps every contribution within the clip norm, the settings its
 solution chose on validation pass the checker, the exercise checks can fail, and the cells after
-the exercises wait for them instead of failing in a student copy."""
+the exercises wait for them instead of failing in a student copy. Cells are named by their
+tags (tests/lesson_code.py)."""
 import ast
 import functools
 import re
@@ -16,28 +17,16 @@ import pytest
 
 matplotlib.use("Agg")
 
+import lesson_code  # noqa: E402
 from fedutils import compression, privacy  # noqa: E402
 from fedutils.course import capstone  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "scripts"))
-from course import has_role, title_of  # noqa: E402
+from course import title_of  # noqa: E402
 
 LESSON = ROOT / "lessons" / "14_resources.ipynb"
-NB = nbformat.read(LESSON, as_version=4)
-CODE = [c for c in NB.cells if c.cell_type == "code"]
-
-
-def code_cell(*needles: str, role: str = None):
-    """The one code cell containing every needle (and with the role `role`, if given)."""
-    found = [c for c in CODE if all(n in c.source for n in needles)
-             and (role is None or has_role(c, role))]
-    assert len(found) == 1, f"expected one cell with {needles} ({role}), found {len(found)}"
-    return found[0]
-
-
-def cell(*needles: str, role: str = None) -> str:
-    return code_cell(*needles, role=role).source
+cell = functools.partial(lesson_code.cell_source, LESSON)  # cell(tag): its source
 
 
 def text_output(c) -> str:
@@ -64,14 +53,13 @@ def definitions(source: str, literals: bool = True) -> str:
 def ns():
     """The lesson's setup, definitions and rehearsal split, run as the notebook runs them."""
     namespace = {"__name__": "lesson14"}
-    exec(cell("import fedutils", "fedutils.set_seed(0)"), namespace)
-    exec(definitions(cell("COURSE = [")), namespace)
-    exec(definitions(cell("def draw_course_map")), namespace)
-    exec(cell("cap = capstone.load_capstone_data()"), namespace)
-    exec(definitions(cell("def run_capstone")), namespace)
-    exec(cell("def rehearse"), namespace)
-    exec(definitions(cell("class PrivateCompressedAggregator", role="solution"), literals=False),
-         namespace)
+    exec(cell(lesson_code.SETUP), namespace)
+    exec(definitions(cell("course-map")), namespace)
+    exec(definitions(cell("draw-course-map")), namespace)
+    exec(cell("capstone-task"), namespace)
+    exec(definitions(cell("run-capstone")), namespace)
+    exec(cell("rehearsal"), namespace)
+    exec(definitions(cell("exercise-1-solution"), literals=False), namespace)
     return namespace
 
 
@@ -105,7 +93,7 @@ def test_course_map_lists_every_lesson_with_its_own_title_and_a_real_function(ns
 
 
 def test_the_committed_map_links_every_lesson_by_its_file_name(ns):
-    table = text_output(code_cell("COURSE = ["))
+    table = text_output(lesson_code.tagged_cell(LESSON, "course-map"))
     for notebook, title, idea, function in ns["COURSE"]:
         assert f"[{title}]({notebook}.ipynb)" in table
         assert f"`{function}`" in table
@@ -170,13 +158,12 @@ def test_the_rehearsal_holds_out_validation_digits_from_the_training_digits_only
 def solved(ns):
     """The settings the committed solution chose on validation, run once on the official task
     (the sweep itself is nbval's to run)."""
-    printed = text_output(code_cell("class PrivateCompressedAggregator", role="solution"))
+    printed = text_output(lesson_code.tagged_cell(LESSON, "exercise-1-solution"))
     found = re.search(r"chosen on validation: z = ([0-9.]+), C = ([0-9.]+)", printed)
     assert found, "the solution prints the settings it chose"
     namespace = dict(ns)
-    exec(cell("# Starter", "CONFIG = {"), namespace)
-    exec(definitions(cell("class PrivateCompressedAggregator", role="solution"), literals=False),
-         namespace)
+    exec(cell("exercise-1-setup"), namespace)
+    exec(definitions(cell("exercise-1-solution"), literals=False), namespace)
     config = dict(namespace["CONFIG"], noise_multiplier=float(found[1]),
                   clip_norm=float(found[2]))
     aggregator = namespace["PrivateCompressedAggregator"](
@@ -190,7 +177,7 @@ def solved(ns):
 def test_the_solution_s_settings_pass_the_checker_and_its_check(solved, capsys):
     report = capstone.check_capstone(solved["history"], solved["CONFIG"])
     assert report.passed
-    exec(cell("capstone.check_capstone(history, CONFIG)", role="check"), dict(solved))
+    exec(cell("exercise-1-check"), dict(solved))
 
 
 def test_the_solution_s_noise_is_the_least_the_privacy_target_allows(solved):
@@ -201,7 +188,7 @@ def test_the_solution_s_noise_is_the_least_the_privacy_target_allows(solved):
     assert eps(round(config["noise_multiplier"] - 0.05, 2)) > capstone.TARGETS["epsilon"]
     too_noisy = dict(solved, CONFIG=dict(config, noise_multiplier=config["noise_multiplier"] + 0.1))
     with pytest.raises(AssertionError, match="larger than the privacy target needs"):
-        exec(cell("capstone.check_capstone(history, CONFIG)", role="check"), too_noisy)
+        exec(cell("exercise-1-check"), too_noisy)
 
 
 class RememberedEpsilon:
@@ -215,8 +202,8 @@ class RememberedEpsilon:
 
 def test_the_cohort_check_accepts_the_solution_and_rejects_wrong_answers(solved, capsys):
     namespace = dict(solved, privacy=RememberedEpsilon())
-    exec(cell("cohorts = {}", role="solution"), namespace)
-    check = cell("cohorts", role="check")
+    exec(cell("exercise-2-solution"), namespace)
+    check = cell("exercise-2-check")
     exec(check, dict(namespace))
     cohorts, choice = namespace["cohorts"], namespace["m_choice"]
     assert cohorts[choice][2] <= 50 < max(mb for _, _, mb in cohorts.values())  # budget binds
@@ -230,8 +217,8 @@ def test_the_cohort_check_accepts_the_solution_and_rejects_wrong_answers(solved,
             exec(check, dict(namespace, **wrong))
 
 
-@pytest.mark.parametrize("needle", ["runs = {", "for m in sorted("])
-def test_cells_after_the_exercises_wait_for_them(ns, needle, capsys):
+@pytest.mark.parametrize("tag", ["capstone-against-plain", "cohorts-on-rehearsal"])
+def test_cells_after_the_exercises_wait_for_them(ns, tag, capsys):
     """In a student copy the solutions' names do not exist: these cells say so and stop."""
-    exec(cell(needle), dict(ns))
+    exec(cell(tag), dict(ns))
     assert "Complete exercise" in capsys.readouterr().out

@@ -10,6 +10,7 @@ update. Flower lives in the current-TF environment.
 """
 from __future__ import annotations
 
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -24,18 +25,15 @@ NOTEBOOK = (Path(__file__).resolve().parent.parent / "lessons"
             / "15_from_simulation_to_deployment.ipynb")
 
 
-def run(namespace: dict, marker: str) -> dict:
-    exec(compile(lesson_code.cell_source(NOTEBOOK, marker, unique=True), marker, "exec"),
-         namespace)
-    return namespace
+run = partial(lesson_code.exec_cells, NOTEBOOK)  # run(namespace, *tags): no setup cell
 
 
 @pytest.fixture(scope="module")
 def lesson() -> dict:
     """Setup, the NumPy-vs-client_update check, the weighted-mean demonstration and the
     lesson's FedAvg loop (no federation is started)."""
-    return lesson_code.run_cells(NOTEBOOK, "on_device, _ = federation.device_train(",
-                                 "fake_weights = [[", "def fedavg_on_devices(")
+    return lesson_code.run_cells(NOTEBOOK, "numpy-client-agrees", "weighted-mean-demo",
+                                 "fedavg-on-devices")
 
 
 def test_the_numpy_client_agrees_with_client_update(lesson):
@@ -62,7 +60,7 @@ def test_the_lessons_fedavg_loop_equals_run_fedavg(lesson, lost):
 
 
 def test_the_seed_study_compares_five_seeds(lesson):
-    ns = run(dict(lesson), "def cost_of_losing_client_2(")
+    ns = run(dict(lesson), "cost-of-losing-client-2")
     values = ns["spread"].values
     assert values.shape == (5, 4) and np.all((values > 0.3) & (values < 1))
     # the client that was lost loses most, on average over the seeds
@@ -70,29 +68,26 @@ def test_the_seed_study_compares_five_seeds(lesson):
 
 
 def test_exercise_1_check_accepts_the_solution_and_rejects_pooled_or_extreme_timeouts(lesson):
-    ns = run(dict(lesson), "typical = np.array(")
-    run(ns, "per_site = np.quantile(")
-    run(ns, "tighter = (step_seconds")
+    ns = run(dict(lesson), "exercise-1-setup", "exercise-1-solution", "exercise-1-check")
     steps = ns["step_seconds"]
     for wrong in (np.quantile(steps, 0.9), steps.mean(), 2 * np.median(steps), steps.max()):
         ns["chosen_timeout"] = float(wrong)
         with pytest.raises(AssertionError):
-            run(ns, "tighter = (step_seconds")
+            run(ns, "exercise-1-check")
 
 
 def test_exercise_2_check_accepts_the_solution_and_rejects_amplified_epsilon(lesson):
-    ns = run(dict(lesson), "eps_flower = accountant")
+    ns = run(dict(lesson), "exercise-2-solution")
     assert ns["eps_flower"] == pytest.approx(ns["eps_fedutils"], rel=1e-9)
-    run(ns, "reference = dp_accounting.rdp.RdpAccountant()")
+    run(ns, "exercise-2-check")
     # Counting amplification from sampling 10 of 1,000 is not what Flower's accountant does.
     ns["eps_fedutils"] = ns["privacy"].compute_epsilon(1.2, 0.01, 200, 1e-5)
     with pytest.raises(AssertionError):
-        run(ns, "reference = dp_accounting.rdp.RdpAccountant()")
+        run(ns, "exercise-2-check")
 
 
 def test_exercise_3_check_accepts_the_solution_and_rejects_compressed_weights(lesson):
-    ns = run(dict(lesson), "def encode_update(")
-    run(ns, "record = encode_update(")
+    ns = run(dict(lesson), "exercise-3-solution", "exercise-3-check")
     ArrayRecord, compression = ns["ArrayRecord"], ns["compression"]
 
     def encode_weights(global_weights, new_weights, ratio):   # the slide-7 bug: weights
@@ -105,10 +100,9 @@ def test_exercise_3_check_accepts_the_solution_and_rejects_compressed_weights(le
 
     ns["encode_update"] = encode_weights
     with pytest.raises(AssertionError):
-        run(ns, "record = encode_update(")
+        run(ns, "exercise-3-check")
 
 
 def test_encoding_sends_far_fewer_bytes_than_dense(lesson):
-    ns = run(dict(lesson), "def encode_update(")
-    run(ns, "record = encode_update(")
+    ns = run(dict(lesson), "exercise-3-solution", "exercise-3-check")
     assert ns["sent"] < ns["dense"] / 5

@@ -9,6 +9,7 @@ by tests/test_lora.py and by nbval.
 """
 from __future__ import annotations
 
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -20,16 +21,14 @@ NOTEBOOK = (Path(__file__).resolve().parent.parent / "lessons"
             / "18_federated_fine_tuning_with_lora.ipynb")
 
 
-def run(namespace: dict, marker: str) -> dict:
-    exec(compile(lesson_code.cell_source(NOTEBOOK, marker), marker, "exec"), namespace)
-    return namespace
+run = partial(lesson_code.exec_cells, NOTEBOOK)  # run(namespace, *tags): no setup cell
 
 
 @pytest.fixture(scope="module")
 def lesson() -> dict:
     """Setup, the pretrained model, the clients and the in-the-open LoRA cell."""
-    return lesson_code.run_cells(NOTEBOOK, "model, vocab, meta = lora.load_pretrained()",
-                                 "CLIENTS = sorted(", "def lora_projection(")
+    return lesson_code.run_cells(NOTEBOOK, "pretrained-model", "tragedy-clients",
+                                 "lora-projection")
 
 
 def test_lora_projection_equals_fedutils_layer_and_formula(lesson):
@@ -48,13 +47,13 @@ def test_lora_projection_equals_fedutils_layer_and_formula(lesson):
 
 
 def test_the_lesson_resets_the_adapter_it_perturbed(lesson):
-    ns = run(dict(lesson), "if privacy.keras_version().startswith(\"3\")")
+    ns = run(dict(lesson), "keras-enable-lora")
     layer = ns["lora_model"].get_layer("block0_q")
     assert not layer.lora_b.numpy().any(), "B must be zero again before fine-tuning"
 
 
 def test_adapter_sizes_are_what_lora_models_train(lesson):
-    ns = run(dict(lesson), "def adapter_size(")
+    ns = run(dict(lesson), "adapter-size")
     lora, config, base = ns["lora"], ns["config"], ns["base"]
     for rank, targets in ((1, ("q", "v")), (2, ("up", "down", "o"))):
         model = lora.create_lora_transformer(config, base, rank, targets=targets)
@@ -72,7 +71,7 @@ def test_clients_are_one_role_per_tragedy_with_disjoint_splits(lesson):
 
 
 def test_recording_mean_is_fedavg_and_records_norms(lesson):
-    ns = run(dict(lesson), "def recording_mean(")
+    ns = run(dict(lesson), "recording-mean")
     fedavg_privacy = ns["privacy"]
     rng = np.random.default_rng(0)
     updates = [[rng.normal(size=(3, 2)).astype(np.float32), rng.normal(size=2).astype(np.float32)]
@@ -86,7 +85,7 @@ def test_recording_mean_is_fedavg_and_records_norms(lesson):
 
 
 def test_evaluate_is_next_char_metrics_per_client(lesson):
-    ns = run(dict(lesson), "def evaluate(weights, split):")
+    ns = run(dict(lesson), "evaluate-per-client")
     lora, model, base = ns["lora"], ns["model"], ns["base"]
     for row, (x, y, new) in zip(ns["pretrained_val"], ns["VALIDATION"]):
         lora.set_named_weights(model, base)
@@ -105,7 +104,7 @@ class FakeHistory(dict):
 
 def exercise_1_namespace(lesson) -> dict:
     """The names exercise 1 reads, with recorded norms and runs faked (no training)."""
-    ns = run(dict(lesson), "def adapter_size(")
+    ns = run(dict(lesson), "adapter-size")
     ns["RANK"], ns["ROUNDS"], ns["LR"] = 8, 5, {8: 3e-3}
     norms = [[0.2, 0.4, 0.5], [0.3, 0.6, 0.7]]
     ns["histories"] = {"LoRA r=8": [FakeHistory(update_norms=norms)]}
@@ -118,25 +117,25 @@ def exercise_1_namespace(lesson) -> dict:
 
 def test_exercise_1_check_accepts_the_solution_and_rejects_a_clip_norm_outside(lesson):
     ns = exercise_1_namespace(lesson)
-    run(ns, "dp_history, dp_weights = fine_tune(")          # the solution
+    run(ns, "exercise-1-solution")
     assert 0.2 <= ns["clip_norm"] <= 0.7
-    run(ns, "assert all_norms.min() <= clip_norm")          # its check passes
+    run(ns, "exercise-1-check")                             # its check passes
     for wrong in (10.0, 0.01):                              # clips nothing, or everything
         ns["clip_norm"] = wrong
         with pytest.raises(AssertionError, match="inside the recorded norms"):
-            run(ns, "assert all_norms.min() <= clip_norm")
+            run(ns, "exercise-1-check")
 
 
 def test_exercise_1_check_asks_for_the_solution_first(lesson):
     ns = exercise_1_namespace(lesson)
     with pytest.raises(AssertionError, match="run your solution first"):
-        run(ns, "assert all_norms.min() <= clip_norm")
+        run(ns, "exercise-1-check")
 
 
 def test_exercise_2_check_accepts_the_solution_and_rejects_freezing_b(lesson):
-    ns = run(dict(lesson), "grad_norm_a = math.sqrt(")
+    ns = run(dict(lesson), "exercise-2-solution")
     assert ns["grad_norm_a"] == 0.0 < ns["grad_norm_b"]
-    run(ns, 'assert freeze == "A"')
+    run(ns, "exercise-2-check")
     ns["freeze"] = "B"
     with pytest.raises(AssertionError, match="nothing would learn"):
-        run(ns, 'assert freeze == "A"')
+        run(ns, "exercise-2-check")

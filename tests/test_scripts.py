@@ -1,11 +1,11 @@
-"""The course's tooling scripts: first-line markers to cell tags (scripts/tag_cells.py), student
-copies by nbconvert's preprocessors, the stamp script in either form, and the Jupyter Book site.
+"""The course's tooling scripts: first-line markers to cell tags (scripts/tag_cells.py, for a
+notebook written with markers; every lesson uses tags), student copies by nbconvert's
+preprocessors, the stamp script, and the Jupyter Book site.
 
 Everything here works on copies: lessons/ itself is never written."""
 from __future__ import annotations
 
 import re
-import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -52,16 +52,36 @@ def test_tag_cells_moves_each_marker_to_its_tag_once():
     assert not tag_cells.convert(nb) and not tag_cells.markers_in(nb)
 
 
-def test_tag_cells_on_copies_of_the_lessons_keeps_every_role_and_is_idempotent(tmp_path,
-                                                                              run_script):
-    copies = [Path(shutil.copy(p, tmp_path)) for p in LESSONS]
-    before = {p.name: roles(nbformat.read(p, as_version=4)) for p in copies}
+def with_markers(nb):
+    """`nb` as it was written before the tags: each role tag of a code cell back as its
+    first-line marker, in the order of the tags."""
+    for cell in nb.cells:
+        found = [t for t in tags(cell) if t in MARKERS]
+        if cell.cell_type == "code" and found:
+            cell.source = "".join(MARKERS[t] + "\n" for t in found) + cell.source
+            cell.metadata["tags"] = [t for t in tags(cell) if t not in MARKERS]
+    return nb
+
+
+def test_every_lesson_uses_cell_tags(run_script):
+    status, output = run_script("tag_cells.py", "--check")
+    assert status == 0 and f"all {len(LESSONS)} notebooks use cell tags" in output, output
+
+
+def test_tag_cells_turns_the_lessons_written_with_markers_back_into_the_lessons(tmp_path,
+                                                                                run_script):
+    copies = [tmp_path / p.name for p in LESSONS]
+    for path, copy in zip(LESSONS, copies):
+        nbformat.write(with_markers(nbformat.read(path, as_version=4)), copy)
+    assert run_script("tag_cells.py", "--check", *map(str, copies))[0] == 1
     first = run_script("tag_cells.py", *map(str, copies))
     assert first[0] == 0, first[1]
     written = {p.name: p.read_bytes() for p in copies}
-    for path in copies:
-        nb = nbformat.read(path, as_version=4)
-        assert roles(nb) == before[path.name], f"{path.name}: a cell lost or gained a role"
+    for path, copy in zip(LESSONS, copies):
+        lesson, nb = nbformat.read(path, as_version=4), nbformat.read(copy, as_version=4)
+        assert roles(nb) == roles(lesson), f"{path.name}: a cell lost or gained a role"
+        assert [c.source for c in nb.cells] == [c.source for c in lesson.cells], path.name
+        assert [sorted(tags(c)) for c in nb.cells] == [sorted(tags(c)) for c in lesson.cells]
         assert not tag_cells.markers_in(nb), path.name
         nbformat.validate(nb)
     assert run_script("tag_cells.py", "--check", *map(str, copies))[0] == 0
@@ -106,11 +126,8 @@ def test_nbval_honours_the_tags_as_it_did_the_markers(tmp_path):
 
 
 @pytest.mark.parametrize("path", LESSONS, ids=[p.stem for p in LESSONS])
-@pytest.mark.parametrize("form", ["markers", "tags"])
-def test_student_copy_drops_solutions_clears_outputs_and_keeps_the_rest(path, form):
+def test_student_copy_drops_solutions_clears_outputs_and_keeps_the_rest(path):
     original = nbformat.read(path, as_version=4)
-    if form == "tags":
-        tag_cells.convert(original)
     before = nbformat.writes(original)
     copy = student_copies.student_copy(original)
     assert nbformat.writes(original) == before, "the lesson itself is left as it was"
@@ -125,20 +142,13 @@ def test_student_copy_drops_solutions_clears_outputs_and_keeps_the_rest(path, fo
                for c in copy.cells if c.cell_type == "code")
 
 
-@pytest.mark.parametrize("form", ["markers", "tags"])
-def test_the_stamped_colab_cell_follows_the_lesson_s_form(form):
-    nb = nbformat.v4.new_notebook(cells=[md("# 01 · A lesson"), code("# CHECK\nassert True")])
-    if form == "tags":
-        tag_cells.convert(nb)
+def test_the_stamped_colab_cell_is_tagged_nbval_skip():
+    nb = nbformat.v4.new_notebook(cells=[md("# 01 · A lesson"), code("assert True")])
     repo = stamp_lessons.repository()
     stamped = stamp_lessons.stamped(nb, repo, LESSONS[0], None, (LESSONS[1], "next"))
     colab = next(c for c in stamped.cells if c.metadata.get("stamp") == "colab")
-    if form == "markers":
-        assert colab.source.startswith("# NBVAL_SKIP\n") and tags(colab) == ["course-stamp"]
-    else:
-        assert not colab.source.startswith("# NBVAL") and \
-            tags(colab) == ["course-stamp", "nbval-skip"]
-    assert has_role(colab, "nbval-skip")
+    assert not colab.source.startswith("# NBVAL") and tags(colab) == ["course-stamp", "nbval-skip"]
+    assert has_role(colab, "nbval-skip") and "google.colab" in colab.source
 
 
 def test_the_site_configuration_comes_from_the_lesson_list_and_pyproject():
