@@ -74,8 +74,12 @@ def run(path: Path, workdir: Path, timeout: int) -> tuple[float, list[str]]:
     started = time.perf_counter()
     # IPC, not TCP: the kernel is local, and ipykernel 7 warns on stderr about plain-text TCP.
     kernel = KernelManager(kernel_name="python3", transport="ipc", ip=str(workdir / "kernel-ipc"))
-    NotebookClient(nb, km=kernel, timeout=timeout, allow_errors=True,
-                   resources={"metadata": {"path": str(workdir)}}).execute()
+    try:
+        NotebookClient(nb, km=kernel, timeout=timeout, allow_errors=True,
+                       resources={"metadata": {"path": str(workdir)}}).execute()
+    finally:  # nbclient stops only the kernels it started itself
+        if kernel.has_kernel:
+            kernel.shutdown_kernel(now=True)
     return time.perf_counter() - started, problems(nb)
 
 
