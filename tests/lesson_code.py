@@ -70,6 +70,16 @@ def exec_cells(notebook: Path, namespace: dict, *tags: str) -> dict:
     return namespace
 
 
+def solved(notebook: Path, namespace: dict, number: int) -> dict:
+    """A copy of `namespace` after exercise `number`'s solution cell."""
+    return exec_cells(notebook, dict(namespace), f"exercise-{number}-solution")
+
+
+def check(notebook: Path, namespace: dict, number: int) -> None:
+    """Run exercise `number`'s check cell on a copy of `namespace` (left unchanged)."""
+    exec_cells(notebook, dict(namespace), f"exercise-{number}-check")
+
+
 def run_cells(notebook: Path, *tags: str, **names) -> dict:
     """Run the lesson's `setup` cell, then the cells tagged `tags`, with `names` defined;
     return the resulting namespace."""

@@ -216,14 +216,8 @@ def test_federated_round_agrees_with_run_fedavg():
     assert max(float(np.max(np.abs(a - b))) for a, b in zip(ns["by_hand"], by_formula)) < 1e-6
 
 
-def solved(lesson, number):
-    """The namespace after exercise `number`'s solution cell."""
-    return exec_cells(dict(lesson), f"exercise-{number}-solution")
-
-
-def check(ns, number):
-    """Run exercise `number`'s check cell on the names in `ns` (left unchanged)."""
-    exec_cells(dict(ns), f"exercise-{number}-check")
+solved = partial(lesson_code.solved, NOTEBOOK)
+check = partial(lesson_code.check, NOTEBOOK)
 
 
 def test_exercise_1_check_accepts_the_solution_and_rejects_wrong_answers(lesson):

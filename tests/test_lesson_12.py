@@ -155,14 +155,8 @@ def test_three_evaluations_score_the_right_examples(evaluated):
         assert result[kind].unweighted["accuracy"] == pytest.approx(np.mean(per_client))
 
 
-def solved(ns, number):
-    """The namespace after exercise `number`'s solution cell."""
-    return exec_cells(dict(ns), f"exercise-{number}-solution")
-
-
-def check(ns, number):
-    """Run exercise `number`'s check cell on the names in `ns` (left unchanged)."""
-    exec_cells(dict(ns), f"exercise-{number}-check")
+solved = partial(lesson_code.solved, NOTEBOOK)
+check = partial(lesson_code.check, NOTEBOOK)
 
 
 def test_exercise_1_check_accepts_the_solution_and_rejects_wrong_answers(evaluated):
