@@ -209,3 +209,94 @@ def test_models_with_an_embedding_train_on_both_paths():
     weights, _ = readable_fedavg(model_fn, datasets, 2)
     for a, b in zip(compiled.final_weights, weights):
         np.testing.assert_allclose(a, b, atol=1e-5)
+
+
+@pytest.mark.parametrize("model_fn, stacked", [
+    (models.create_digits_model, True),
+    (lambda: models.create_keras_model(4, 10), True),
+    (lambda: models.create_tabular_model(30, 16), True),
+    (lambda: models.create_keyboard_model(30, 5, 4, 4), False),
+    (models.create_medical_model, False),
+])
+def test_dense_chains_train_side_by_side_other_models_in_turn(model_fn, stacked):
+    from fedutils.loop.compiled import (SequentialClients, StackedDenseClients,
+                                        compile_clients, dense_activations)
+
+    model = model_fn()
+    assert (dense_activations(model) is not None) == stacked
+    x = np.zeros((4, *model.input_shape[1:]), dtype=np.float32)
+    clients = data.make_client_data(x, np.zeros(4, np.int64), [np.arange(2), np.arange(2, 4)],
+                                    batch_size=2)
+    trainer = compile_clients(model, clients, 1, 0.1, 0.0)
+    assert isinstance(trainer, StackedDenseClients if stacked else SequentialClients)
+    # centralized training (one client) has nothing to stack
+    assert isinstance(compile_clients(model, clients[:1], 1, 0.1, 0.0), SequentialClients)
+
+
+def test_side_by_side_clients_of_unequal_sizes_equal_client_update():
+    """Ragged clients (1 to 23 examples, short last batches), a binary model, two epochs and
+    FedProx: every client's final weights from the stacked round equal client_update's."""
+    from fedutils.loop.compiled import compile_clients
+
+    rng = np.random.default_rng(4)
+    sizes = [1, 5, 23, 8, 12]
+    x = rng.normal(size=(sum(sizes), 4)).astype(np.float32)
+    y = rng.integers(0, 2, size=sum(sizes))
+    bounds = np.cumsum([0] + sizes)
+    clients = data.make_client_data(x, y, [np.arange(a, b) for a, b in zip(bounds, bounds[1:])],
+                                    batch_size=5, seed=1)
+    fedutils.set_seed(0)
+    model = models.create_keras_model(4, 10)
+    start = model.get_weights()
+    chosen = np.array([4, 0, 2, 3])  # any order, any subset
+    work = compile_clients(model, clients, 2, 0.3, 0.1).train(start, chosen)
+    np.testing.assert_array_equal(work.num_examples, [sizes[i] for i in chosen])
+    for k, i in enumerate(chosen):
+        model.set_weights(start)
+        expected = fedavg.client_update(model, clients[i], 2, 0.3, 0.1, start)
+        for a, b in zip(work.client(k), expected.weights):
+            np.testing.assert_allclose(a, b, atol=1e-5)
+        assert abs(work.losses[k] - expected.metrics["loss"]) < 1e-5
+
+
+def test_stacked_aggregation_equals_per_client_aggregation():
+    from fedutils import robust
+
+    rng = np.random.default_rng(0)
+    updates = [[rng.normal(size=(3, 2)).astype(np.float32), rng.normal(size=2)]
+               for _ in range(5)]
+    stacked = [np.stack(t) for t in zip(*updates)]
+    counts = np.array([3, 1, 4, 1, 5])
+    for agg in (fedavg.WeightedMean(), robust.Median()):
+        a = agg.aggregate(updates, counts, list(range(5)), np.random.default_rng(1))
+        b = agg.aggregate_stacked(stacked, counts, list(range(5)), np.random.default_rng(1))
+        for u, v in zip(a.delta, b.delta):
+            np.testing.assert_array_equal(u, v)
+            assert u.dtype == v.dtype
+        assert a.measurements == b.measurements
+
+
+@pytest.mark.parametrize("partition, clients, epochs, batch_size, dropout", [
+    ("iid", 100, 1, 20, 0.0),         # 13 examples each: one step, one pooled gradient
+    ("iid", 100, 1, 20, 0.4),
+    ("dirichlet", 12, 2, 8, 0.0),     # ragged clients, many steps
+    ("dirichlet", 12, 1, 8, 0.4),
+])
+def test_weighted_mean_computed_in_the_round_equals_the_aggregator(partition, clients, epochs,
+                                                                   batch_size, dropout):
+    """The default aggregator's mean is computed in the compiled round (one pooled gradient
+    when every client takes one step); it must equal the same run with the mean written as a
+    plain function aggregator, which receives every client's update."""
+    split = data.federated_digits(clients, partition, alpha=0.5 if partition != "iid" else None,
+                                  batch_size=batch_size, seed=1)
+    fedutils.set_seed(0)
+    start = models.create_digits_model().get_weights()
+    runs = [fedavg.run_fedavg(models.create_digits_model, split.clients, rounds=3,
+                              clients_per_round=min(clients, 30), local_epochs=epochs,
+                              dropout=dropout,
+                              initial_weights=start, progress=False, aggregator=agg, seed=2)
+            for agg in (None, lambda u, n, ids, rng: fedavg.server_aggregate(u, n))]
+    for a, b in zip(*(r.final_weights for r in runs)):
+        np.testing.assert_allclose(a, b, atol=1e-6)
+    for key in ("train_loss", "upload_bytes", "num_clients"):
+        np.testing.assert_allclose(runs[0][key], runs[1][key], rtol=1e-6)

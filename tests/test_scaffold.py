@@ -159,7 +159,8 @@ def test_first_round_is_fedavg_because_every_control_is_zero(clients):
     common = dict(rounds=1, local_epochs=3, initial_weights=x0, seed=1, progress=False)
     scaffold = fedavg.run_fedavg(models.create_digits_model, clients, scaffold=True, **common)
     plain = fedavg.run_fedavg(models.create_digits_model, clients, **common)
-    assert max_diff(scaffold.final_weights, plain.final_weights) == 0
+    # Equal up to the order of float32 sums: the plain round averages in the compiled graph.
+    assert max_diff(scaffold.final_weights, plain.final_weights) < 1e-7
 
 
 def test_one_local_step_is_fedavg(digits_split):

@@ -44,6 +44,15 @@ class Aggregator:
                   rng: np.random.Generator, state: Any = None) -> Aggregate:
         raise NotImplementedError
 
+    def aggregate_stacked(self, updates: list[np.ndarray], num_examples: np.ndarray,
+                          client_ids: list, rng: np.random.Generator,
+                          state: Any = None) -> Aggregate:
+        """`aggregate` for updates stacked per weight tensor, client axis first, as the
+        compiled round of `run_fedavg` produces them. This default hands `aggregate` one list
+        per client; aggregators that are plain array arithmetic override it."""
+        per_client = [[u[i] for u in updates] for i in range(len(client_ids))]
+        return self.aggregate(per_client, num_examples, client_ids, rng, state)
+
     def __call__(self, updates: list[Weights], num_examples: Any = None, client_ids: Any = None,
                  rng: Any = None) -> Weights:
         updates = check_weight_list("updates", updates)
@@ -104,19 +113,23 @@ def server_aggregate(client_weights: Sequence[Weights],
     3 examples counts as much as one with 3,000. Integer inputs give a float mean.
     """
     weights = check_weight_list("client_weights", client_weights)
-    if num_examples is None:
-        coeffs = np.full(len(weights), 1.0 / len(weights))
-    else:
-        counts = np.asarray(num_examples, dtype=np.float64)
-        if counts.shape != (len(weights),):
-            raise ValueError(f"num_examples must hold one count per client ({len(weights)}), "
-                             f"got shape {counts.shape}")
-        if not np.all(np.isfinite(counts)) or counts.min() < 0 or counts.sum() <= 0:
-            raise ValueError("num_examples must be non-negative counts with a positive total, "
-                             f"got {counts.tolist()}")
-        coeffs = counts / counts.sum()
+    coeffs = _mean_coefficients(num_examples, len(weights))
     return [np.tensordot(coeffs, np.stack(layer), axes=1).astype(float_dtype(layer[0]))
             for layer in zip(*weights)]
+
+
+def _mean_coefficients(num_examples: Optional[Sequence[Real]], num_clients: int) -> np.ndarray:
+    """Each client's share of the mean: n_k / sum n, or 1/K without counts."""
+    if num_examples is None:
+        return np.full(num_clients, 1.0 / num_clients)
+    counts = np.asarray(num_examples, dtype=np.float64)
+    if counts.shape != (num_clients,):
+        raise ValueError(f"num_examples must hold one count per client ({num_clients}), "
+                         f"got shape {counts.shape}")
+    if not np.all(np.isfinite(counts)) or counts.min() < 0 or counts.sum() <= 0:
+        raise ValueError("num_examples must be non-negative counts with a positive total, "
+                         f"got {counts.tolist()}")
+    return counts / counts.sum()
 
 
 def upload_bytes(updates: list[Weights]) -> int:
@@ -130,6 +143,14 @@ class WeightedMean(Aggregator):
     def aggregate(self, updates, num_examples, client_ids, rng, state=None) -> Aggregate:
         return Aggregate(server_aggregate(updates, num_examples),
                          {"upload_bytes": upload_bytes(updates)})
+
+    def aggregate_stacked(self, updates, num_examples, client_ids, rng,
+                          state=None) -> Aggregate:
+        """The same mean as `aggregate`, one `tensordot` per tensor over the client axis."""
+        coeffs = _mean_coefficients(num_examples, len(client_ids))
+        return Aggregate([np.tensordot(coeffs, u, axes=1).astype(float_dtype(u[0]))
+                          for u in updates],
+                         {"upload_bytes": int(sum(u.nbytes for u in updates))})
 
     def __repr__(self) -> str:
         return "WeightedMean()"

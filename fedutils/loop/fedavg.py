@@ -20,11 +20,11 @@ import tensorflow as tf
 
 from fedutils.core.checks import check_float, check_int, check_labels, check_rng, check_weights
 from fedutils.core.clientdata import ClientData, as_client_data, check_against_model
-from fedutils.loop.aggregators import (as_aggregator, check_output,  # noqa: F401 (re-export)
-                                       server_aggregate)
+from fedutils.loop.aggregators import (Aggregate, WeightedMean, as_aggregator,  # noqa: F401
+                                       check_output, server_aggregate)
 from fedutils.loop.client import (ClientResult, client_update,  # noqa: F401 (re-export)
                                   scaffold_control_update)
-from fedutils.loop.compiled import CompiledClients
+from fedutils.loop.compiled import compile_clients
 from fedutils.loop.evaluation import evaluate_weights, loss_and_accuracy  # noqa: F401
 from fedutils.loop.history import History, advance, progress_bar
 from fedutils.loop.server_optimizers import ServerOptimizer, sgd
@@ -126,7 +126,9 @@ def run_fedavg(model_fn: Callable[[], tf.keras.Model], client_datasets: Sequence
                                     like=model.get_weights())
                       if initial_weights is not None else model.get_weights())
 
-    trainer = CompiledClients(model, clients, local_epochs, client_lr, proximal_mu, scaffold)
+    trainer = compile_clients(model, clients, local_epochs, client_lr, proximal_mu, scaffold)
+    # The default aggregator is a weighted mean, which the compiled round computes itself.
+    plain_mean = type(aggregator) is WeightedMean and not scaffold
     model_bytes = sum(int(w.nbytes) for w in global_weights)
     copies = 2 if scaffold else 1  # SCAFFOLD sends c beside x, and Δc beside Δy
     controls = ScaffoldState.zeros(global_weights, len(clients)) if scaffold else None
@@ -143,23 +145,28 @@ def run_fedavg(model_fn: Callable[[], tf.keras.Model], client_datasets: Sequence
         kept = np.array([], dtype=int)
         if len(chosen):
             corrections = controls.corrections(chosen) if scaffold else None
-            new_weights, counts, losses = trainer.train(global_weights, chosen, corrections)
             kept = np.flatnonzero(rng.random(len(chosen)) >= dropout)
-            record["train_loss"] = float(np.average(losses, weights=counts))
+            work = trainer.train(global_weights, chosen, corrections,
+                                 mean_of=kept if plain_mean else None)
+            counts = work.num_examples
+            record["train_loss"] = float(np.average(work.losses, weights=counts))
         record["num_clients"] = len(kept)
         record["num_examples"] = int(np.sum(counts[kept])) if len(kept) else 0
         record["upload_bytes"] = 0
         if len(kept):
-            updates = [[n - g for n, g in zip(new_weights[i], global_weights)] for i in kept]
-            out = check_output(aggregator.aggregate(updates, counts[kept],
-                                                    [int(chosen[i]) for i in kept], rng,
-                                                    aggregator_state), aggregator)
+            if work.mean is not None:  # the weighted mean, computed with the clients' training
+                out = Aggregate(work.mean, {"upload_bytes": len(kept) * model_bytes})
+            else:
+                updates = [s[kept] - g for s, g in zip(work.stacked, global_weights)]
+                out = check_output(aggregator.aggregate_stacked(
+                    updates, counts[kept], [int(chosen[i]) for i in kept], rng,
+                    aggregator_state), aggregator)
             delta = _check_aggregate(out.delta, global_weights, aggregator)
             aggregator_state = out.state
             record["upload_bytes"] = len(kept) * model_bytes
             record.update(out.measurements)
             if scaffold:
-                controls = controls.next(chosen[kept], [new_weights[i] for i in kept],
+                controls = controls.next(chosen[kept], [work.client(i) for i in kept],
                                          global_weights, trainer.local_steps(chosen[kept]),
                                          client_lr)
                 _count_control_upload(record, len(kept) * model_bytes)
