@@ -300,3 +300,44 @@ def test_weighted_mean_computed_in_the_round_equals_the_aggregator(partition, cl
         np.testing.assert_allclose(a, b, atol=1e-6)
     for key in ("train_loss", "upload_bytes", "num_clients"):
         np.testing.assert_allclose(runs[0][key], runs[1][key], rtol=1e-6)
+
+
+def test_compiled_trainers_are_reused_only_for_the_same_model_and_data():
+    """Runs on the same architecture and the same client data share one compiled trainer
+    (learning rate and all); other data, another model or another epoch count get their own,
+    and a reused trainer gives exactly what a fresh one gives."""
+    from fedutils.loop import compiled
+
+    datasets = data.federated_digits(5, "iid").clients
+    fedutils.set_seed(0)
+    start = models.create_digits_model().get_weights()
+
+    def run(clients, lr, model_fn=models.create_digits_model, epochs=1):
+        return fedavg.run_fedavg(model_fn, clients, rounds=2, client_lr=lr, local_epochs=epochs,
+                                 initial_weights=start if model_fn is models.create_digits_model
+                                 else None, progress=False).final_weights
+
+    compiled._TRAINERS.clear()
+    first = run(datasets, 0.1)
+    other_rate = run(datasets, 0.05)
+    assert len(compiled._TRAINERS) == 1
+    compiled._TRAINERS.clear()
+    for a, b in zip(other_rate, run(datasets, 0.05)):  # fresh trainer, same numbers
+        np.testing.assert_array_equal(a, b)
+    assert max(np.abs(a - b).max() for a, b in zip(first, other_rate)) > 1e-4
+    changed = [data.ClientData(c.x, (c.y + 1) % 10, c.batch_size) for c in datasets]
+    run(changed, 0.1)
+    run(datasets, 0.1, epochs=2)
+    run(datasets, 0.1, model_fn=lambda: models.create_digits_model(hidden_units=8))
+    assert len(compiled._TRAINERS) == 4
+
+
+def test_a_later_run_leaves_an_earlier_runs_model_alone(small_federation):
+    datasets, _ = small_federation
+    fedutils.set_seed(0)
+    mine = models.create_digits_model()
+    fedavg.run_fedavg(mine, datasets, rounds=1, progress=False)
+    kept = mine.get_weights()
+    fedavg.run_fedavg(models.create_digits_model, datasets, rounds=2, progress=False)
+    for a, b in zip(kept, mine.get_weights()):
+        np.testing.assert_array_equal(a, b)

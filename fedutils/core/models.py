@@ -109,7 +109,7 @@ def create_keyboard_model(vocab_size: int = 2000, sequence_length: int = 5,
     return tf.keras.Sequential([
         tf.keras.Input(shape=(sequence_length,), dtype="int32"),
         layers.Embedding(vocab_size, embedding_dim),
-        layers.LSTM(lstm_units),
+        layers.LSTM(lstm_units, unroll=sequence_length <= 20),
         layers.Dense(vocab_size, activation="softmax"),
     ], name="keyboard_model")
 

@@ -21,6 +21,9 @@ first, so the aggregator can do array arithmetic instead of a Python loop over c
 """
 from __future__ import annotations
 
+import hashlib
+import json
+from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Callable, Optional, Sequence
 
@@ -51,11 +54,49 @@ class RoundWork:
 def compile_clients(model: tf.keras.Model, clients: Sequence[ClientData], epochs: int,
                     learning_rate: float, proximal_mu: float, scaffold: bool = False):
     """The compiled trainer for `model` and `clients`: side by side where the model is a chain
-    of Dense layers and there is more than one client, one client after another otherwise."""
-    # One client (centralized training) has nothing to stack: the plain loop is faster.
-    stack = dense_activations(model) is not None and len(clients) > 1
-    path = StackedDenseClients if stack else SequentialClients
-    return path(model, clients, epochs, learning_rate, proximal_mu, scaffold)
+    of Dense layers and there is more than one client, one client after another otherwise.
+
+    Compiling costs about as much as a few rounds, and lessons train the same model on the same
+    clients many times (seeds, learning rates), so the last few trainers are kept, keyed by the
+    model's architecture and the clients' contents; a new run at another learning rate reuses
+    one (the rate is a variable of the graph, not a constant in it)."""
+    key = (_architecture(model), _fingerprint(clients), int(epochs), float(proximal_mu),
+           bool(scaffold))
+    trainer = _TRAINERS.pop(key, None)
+    if trainer is None:
+        # One client (centralized training) has nothing to stack: the plain loop is faster.
+        stack = dense_activations(model) is not None and len(clients) > 1
+        path = StackedDenseClients if stack else SequentialClients
+        trainer = path(tf.keras.models.clone_model(model), clients, epochs, proximal_mu,
+                       scaffold)
+    _TRAINERS[key] = trainer  # the most recently used last
+    while len(_TRAINERS) > KEPT_TRAINERS:
+        _TRAINERS.popitem(last=False)
+    trainer.lr.assign(learning_rate)
+    return trainer
+
+
+KEPT_TRAINERS = 6
+_TRAINERS: "OrderedDict[tuple, _Clients]" = OrderedDict()
+
+
+def _architecture(model: tf.keras.Model) -> str:
+    """The model's layers and their settings, without the layer names Keras numbers apart."""
+    layers = [(type(layer).__name__, {k: v for k, v in layer.get_config().items() if k != "name"})
+              for layer in model.layers]
+    shapes = [tuple(v.shape) for v in model.trainable_variables]
+    return json.dumps([layers, shapes, str(model.input_shape)], sort_keys=True, default=str)
+
+
+def _fingerprint(clients: Sequence[ClientData]) -> bytes:
+    """A digest of every client's examples, labels and batch size."""
+    digest = hashlib.blake2b(digest_size=16)
+    for c in clients:
+        for a in (np.ascontiguousarray(c.x), np.ascontiguousarray(c.y)):
+            digest.update(f"{a.dtype}{a.shape}".encode())
+            digest.update(a.data)
+        digest.update(str(c.batch_size).encode())
+    return digest.digest()
 
 
 def dense_activations(model: tf.keras.Model) -> Optional[list[Callable]]:
@@ -79,7 +120,7 @@ class _Clients:
     sizes in examples and batches."""
 
     def __init__(self, model: tf.keras.Model, clients: Sequence[ClientData], epochs: int,
-                 learning_rate: float, proximal_mu: float):
+                 proximal_mu: float):
         self.model = model
         self.x = tf.constant(np.concatenate([c.x for c in clients]))
         self.y = tf.constant(np.concatenate([c.y for c in clients]))
@@ -87,7 +128,8 @@ class _Clients:
         self.starts = np.concatenate([[0], np.cumsum(self.sizes)[:-1]]).astype(np.int64)
         self.batch = np.array([c.batch_size for c in clients], dtype=np.int64)
         self.num_batches = np.array([len(c.batch_sizes) for c in clients], dtype=np.int64)
-        self.epochs, self.lr, self.mu = int(epochs), float(learning_rate), float(proximal_mu)
+        self.epochs, self.mu = int(epochs), float(proximal_mu)
+        self.lr = tf.Variable(0.0, trainable=False, dtype=tf.float32)  # set by compile_clients
 
     def local_steps(self, chosen: np.ndarray) -> np.ndarray:
         """SGD steps each of the `chosen` clients takes in a round: batches × epochs."""
@@ -104,8 +146,8 @@ class _Clients:
 class StackedDenseClients(_Clients):
     """Every chosen client of a Dense-chain model trains at once, weights stacked per client."""
 
-    def __init__(self, model, clients, epochs, learning_rate, proximal_mu, scaffold=False):
-        super().__init__(model, clients, epochs, learning_rate, proximal_mu)
+    def __init__(self, model, clients, epochs, proximal_mu, scaffold=False):
+        super().__init__(model, clients, epochs, proximal_mu)
         self.activations = dense_activations(model)
         if self.activations is None:
             raise ValueError("StackedDenseClients runs chains of Dense layers only")
@@ -228,8 +270,8 @@ class StackedDenseClients(_Clients):
 class SequentialClients(_Clients):
     """Any model: the chosen clients train one after another inside one compiled function."""
 
-    def __init__(self, model, clients, epochs, learning_rate, proximal_mu, scaffold=False):
-        super().__init__(model, clients, epochs, learning_rate, proximal_mu)
+    def __init__(self, model, clients, epochs, proximal_mu, scaffold=False):
+        super().__init__(model, clients, epochs, proximal_mu)
         sizes = np.concatenate([c.batch_sizes for c in clients])
         self.batch_offset = tf.constant(np.concatenate([[0], np.cumsum(sizes)[:-1]]), tf.int32)
         self.batch_size = tf.constant(sizes, tf.int32)

@@ -174,8 +174,8 @@ def run_fedavg(model_fn: Callable[[], tf.keras.Model], client_datasets: Sequence
             optimizer_state, global_weights = optimizer.next(optimizer_state, global_weights,
                                                              gradient)
         if eval_data is not None and (r % eval_every == 0 or r == rounds):
-            model.set_weights(global_weights)
-            record["loss"], record["accuracy"] = loss_and_accuracy(model, *eval_data)
+            trainer.model.set_weights(global_weights)  # its prediction is compiled already
+            record["loss"], record["accuracy"] = loss_and_accuracy(trainer.model, *eval_data)
         record["seconds"] = time.perf_counter() - started
         history.rounds.append(record)
         advance(bar, record)
