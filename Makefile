@@ -42,7 +42,9 @@ help:
 	@echo "make notebooks  re-execute every lesson in place, in order, saving outputs"
 	@echo "               (and record each lesson's time and memory in lessons/TIMINGS.md)"
 	@echo "make timings    time every lesson without saving outputs"
-	@echo "make bench      FedAvg speed: fedutils vs TFF vs the centralized limit"
+	@echo "make bench      FedAvg speed: fedutils vs TFF vs Flower's simulation (in .venv-modern,"
+	@echo "               with Ray) vs the centralized limit; table, goals and plot in"
+	@echo "               benchmarks/results/fedavg.{md,json,png}"
 	@echo "make student    student copies (no solutions, no outputs) in build/student/"
 	@echo "make check-my-work NOTEBOOK=path   grade a learner's copy: passed / failed /"
 	@echo "               not attempted, per exercise"
@@ -130,7 +132,7 @@ timings: setup setup-modern $(MODERN_KERNEL_SPEC)
 federation: setup-modern
 	$(MODERN_PY) -m fedutils.bridges.flower.launcher --clients $(CLIENTS) --rounds $(ROUNDS) --compare $(FEDERATION_ARGS)
 
-bench: setup
+bench: setup setup-modern
 	$(PY) benchmarks/bench_fedavg.py $(BENCH_ARGS)
 
 student: setup

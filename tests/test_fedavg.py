@@ -341,3 +341,21 @@ def test_a_later_run_leaves_an_earlier_runs_model_alone(small_federation):
     fedavg.run_fedavg(models.create_digits_model, datasets, rounds=2, progress=False)
     for a, b in zip(kept, mine.get_weights()):
         np.testing.assert_array_equal(a, b)
+
+
+def test_run_fedavg_draws_randomness_only_for_its_model():
+    """Lessons seed once and build several models: a run must draw from TensorFlow's random
+    state exactly as building its one model does, whether or not its trainer is reused."""
+    from fedutils.loop import compiled
+
+    clients = data.federated_digits(4, "iid").clients
+    compiled._TRAINERS.clear()
+    for _ in range(2):  # a new trainer, then a reused one
+        fedutils.set_seed(0)
+        fedavg.run_fedavg(models.create_digits_model, clients, rounds=1, progress=False)
+        after_run = models.create_digits_model().get_weights()
+        fedutils.set_seed(0)
+        models.create_digits_model()
+        after_model = models.create_digits_model().get_weights()
+        for a, b in zip(after_run, after_model):
+            np.testing.assert_array_equal(a, b)

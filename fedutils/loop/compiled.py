@@ -52,26 +52,30 @@ class RoundWork:
 
 
 def compile_clients(model: tf.keras.Model, clients: Sequence[ClientData], epochs: int,
-                    learning_rate: float, proximal_mu: float, scaffold: bool = False):
+                    learning_rate: float, proximal_mu: float, scaffold: bool = False,
+                    reuse: bool = True):
     """The compiled trainer for `model` and `clients`: side by side where the model is a chain
     of Dense layers and there is more than one client, one client after another otherwise.
 
     Compiling costs about as much as a few rounds, and lessons train the same model on the same
-    clients many times (seeds, learning rates), so the last few trainers are kept, keyed by the
-    model's architecture and the clients' contents; a new run at another learning rate reuses
-    one (the rate is a variable of the graph, not a constant in it)."""
+    clients many times (seeds, learning rates), so with `reuse` the last few trainers are kept,
+    keyed by the model's architecture and the clients' contents, and a new run at another
+    learning rate reuses one (the rate is a variable of the graph, not a constant in it). A
+    kept trainer trains and evaluates with the model it was built with, so `reuse` is only for
+    a model nobody else holds (`run_fedavg` builds one from `model_fn`); a model the caller
+    owns gets a trainer of its own."""
     key = (_architecture(model), _fingerprint(clients), int(epochs), float(proximal_mu),
-           bool(scaffold))
-    trainer = _TRAINERS.pop(key, None)
+           bool(scaffold)) if reuse else None
+    trainer = _TRAINERS.pop(key, None) if reuse else None
     if trainer is None:
         # One client (centralized training) has nothing to stack: the plain loop is faster.
         stack = dense_activations(model) is not None and len(clients) > 1
         path = StackedDenseClients if stack else SequentialClients
-        trainer = path(tf.keras.models.clone_model(model), clients, epochs, proximal_mu,
-                       scaffold)
-    _TRAINERS[key] = trainer  # the most recently used last
-    while len(_TRAINERS) > KEPT_TRAINERS:
-        _TRAINERS.popitem(last=False)
+        trainer = path(model, clients, epochs, proximal_mu, scaffold)
+    if reuse:
+        _TRAINERS[key] = trainer  # the most recently used last
+        while len(_TRAINERS) > KEPT_TRAINERS:
+            _TRAINERS.popitem(last=False)
     trainer.lr.assign(learning_rate)
     return trainer
 

@@ -20,8 +20,8 @@ class RunRecord:
 
     def asked(self, server_round: int, step: str, nodes: int) -> None:
         """Messages for `step` of `server_round` are about to go out to `nodes` nodes."""
-        if step == "train":
-            self.state["rounds"].append({"round": server_round})
+        if step == "train":   # a round starts (its wall-clock time, for benchmarks)
+            self.state["rounds"].append({"round": server_round, "started": time.time()})
         self.state["now"] = [server_round, step]
         self.state["rounds"][-1][step] = {"asked": nodes}
         self.write()
@@ -41,7 +41,7 @@ class RunRecord:
         """Save the final model beside the record and mark the run done."""
         weights_path = self.path.with_suffix(".npz")
         np.savez(weights_path, **{str(i): w for i, w in enumerate(weights)})
-        self.state.update(done=True, weights_path=weights_path.name)
+        self.state.update(done=True, weights_path=weights_path.name, finished=time.time())
         self.write()
 
     def write(self) -> None:
