@@ -85,7 +85,7 @@ def build() -> str:
         "## Before the day",
         "",
         "- Send the README's two commands a week ahead and ask everyone to run `make test` at home:",
-        "  the set-up installs two environments, about 5.6 GB, which a room's Wi-Fi will not",
+        "  the set-up installs two environments, about 6 GB, which a room's Wi-Fi will not",
         "  survive on the day.",
         "- For an offline room, bring `.venv` and `.venv-modern` on a USB stick only for identical",
         "  machines; else point people at Colab (each lesson's badge) as the fallback.",
