@@ -479,8 +479,8 @@ def plot(report: dict, path: Path) -> None:
                      [str(c) for c in counts])
     right.set(xlabel="clients per round", ylabel="peak memory (MB, all of a run's processes)",
               title="Memory")
-    right.set_ylim(0, 1.3 * max([r["peak_memory_mb"] for r in rows], default=1))  # legend room
-    right.legend(fontsize="small", loc="upper center", ncol=min(len(methods), 5))
+    right.set_ylim(0, 1.35 * max([r["peak_memory_mb"] for r in rows], default=1))  # legend room
+    right.legend(fontsize="small", loc="upper left", ncol=3)
     fig.suptitle(f"FedAvg on digits, {report['machine']}", fontsize="medium")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
