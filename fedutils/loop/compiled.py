@@ -6,7 +6,8 @@ clients one after another. A round's clients are independent, so here they train
 
 - `StackedDenseClients`, for a chain of Dense layers (the digits, iris and breast-cancer models):
   every chosen client's weights are stacked on a leading client axis, each layer is one batched
-  matrix product (`einsum`), and one step of the graph is one SGD step of every client at once.
+  matrix product (`tf.matmul` over the client axis), and one step of the graph is one SGD step
+  of every client at once.
   Clients of different sizes are handled by a mask: a short last batch, or a client whose steps
   are used up, contributes zeros.
 - `SequentialClients`, for any other model (the keyboard LSTM, the convolutional and transfer
