@@ -56,10 +56,12 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "scripts"))
 from course import PeakMemory  # noqa: E402
+
+# Every process of one Flower run carries a tag in its environment, as lesson 15's do.
+from fedutils.bridges.flower.processes import TAG_VARIABLE, tagged  # noqa: E402
 METHODS = ("keras_fit", "central", "fedutils", "fedutils_per_client", "tff", "flower")
 MODERN_PYTHON = ROOT / ".venv-modern" / "bin" / "python"   # Keras 3, Flower 1.39, Ray
 APP_DIR = ROOT / "fedutils" / "bridges" / "flower" / "app"
-TAG_VARIABLE = "FEDUTILS_BENCH_RUN"   # every process of one Flower run carries it
 GOAL_CLIENTS, GOAL_SPEEDUP, GOAL_ACCURACY = 100, 20.0, 0.01
 
 
@@ -269,20 +271,6 @@ def flower_accuracy(result: dict, test) -> dict:
     weights = [saved[k] for k in sorted(saved.files, key=int)]
     _, accuracy = fedavg.evaluate_weights(models.create_digits_model(), weights, *test)
     return {**result, "accuracy": accuracy}
-
-
-def tagged(tag: str) -> list:
-    """Every live process whose environment carries the run's `tag` (psutil.Process)."""
-    import psutil
-
-    found = []
-    for p in psutil.process_iter():
-        try:
-            if p.environ().get(TAG_VARIABLE) == tag and p.status() != psutil.STATUS_ZOMBIE:
-                found.append(p)
-        except psutil.Error:
-            continue
-    return found
 
 
 def stop_tagged(tag: str, keep: Optional[int] = None) -> list[str]:

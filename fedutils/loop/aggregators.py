@@ -113,9 +113,13 @@ def server_aggregate(client_weights: Sequence[Weights],
     3 examples counts as much as one with 3,000. Integer inputs give a float mean.
     """
     weights = check_weight_list("client_weights", client_weights)
-    coeffs = _mean_coefficients(num_examples, len(weights))
-    return [np.tensordot(coeffs, np.stack(layer), axes=1).astype(float_dtype(layer[0]))
-            for layer in zip(*weights)]
+    return _stacked_mean([np.stack(layer) for layer in zip(*weights)], num_examples)
+
+
+def _stacked_mean(stacked: list[np.ndarray], num_examples: Optional[Sequence[Real]]) -> Weights:
+    """The (weighted) mean over the client axis of updates stacked per tensor."""
+    coeffs = _mean_coefficients(num_examples, len(stacked[0]))
+    return [np.tensordot(coeffs, s, axes=1).astype(float_dtype(s[0])) for s in stacked]
 
 
 def _mean_coefficients(num_examples: Optional[Sequence[Real]], num_clients: int) -> np.ndarray:
@@ -147,9 +151,7 @@ class WeightedMean(Aggregator):
     def aggregate_stacked(self, updates, num_examples, client_ids, rng,
                           state=None) -> Aggregate:
         """The same mean as `aggregate`, one `tensordot` per tensor over the client axis."""
-        coeffs = _mean_coefficients(num_examples, len(client_ids))
-        return Aggregate([np.tensordot(coeffs, u, axes=1).astype(float_dtype(u[0]))
-                          for u in updates],
+        return Aggregate(_stacked_mean(updates, num_examples),
                          {"upload_bytes": int(sum(u.nbytes for u in updates))})
 
     def __repr__(self) -> str:

@@ -156,7 +156,7 @@ def run_fedavg(model_fn: Callable[[], tf.keras.Model], client_datasets: Sequence
         record["upload_bytes"] = 0
         if len(kept):
             if work.mean is not None:  # the weighted mean, computed with the clients' training
-                out = Aggregate(work.mean, {"upload_bytes": len(kept) * model_bytes})
+                out = Aggregate(work.mean)
             else:
                 updates = [s[kept] - g for s, g in zip(work.stacked, global_weights)]
                 out = check_output(aggregator.aggregate_stacked(
