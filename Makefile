@@ -30,13 +30,14 @@ COLAB_LESSONS ?= lessons/01_introduction.ipynb lessons/06_privacy.ipynb \
                  lessons/10_smart_keyboards.ipynb lessons/13_future_directions.ipynb
 
 .PHONY: help setup lab test test-tff notebooks timings bench check clean-workers clean setup-modern test-modern student site guide federation \
-        test-browser test-colab check-my-work
+        test-browser test-colab check-my-work test-workshop
 
 help:
 	@echo "make lab        set up (first time only) and open the course in JupyterLab"
 	@echo "make test       set up (first time only) and run every test and every lesson, in both"
-	@echo "               environments: test-tff (TensorFlow 2.14 + TFF) then test-modern"
-	@echo "               (current TensorFlow/Keras 3 + Flower, no TFF, as on Colab)"
+	@echo "               environments side by side: test-tff (TensorFlow 2.14 + TFF) and"
+	@echo "               test-modern (current TensorFlow/Keras 3 + Flower, no TFF, as on Colab)"
+	@echo "make test-workshop  run every student copy (no solutions) top to bottom"
 	@echo "make federation a real Flower federation on this machine: a SuperLink and"
 	@echo "               CLIENTS=3 SuperNodes over gRPC on loopback, ROUNDS=3, compared with fedutils"
 	@echo "make notebooks  re-execute every lesson in place, in order, saving outputs"
@@ -113,11 +114,30 @@ lab: setup setup-modern $(MODERN_KERNEL_SPEC) $(LAB_SETTINGS)
 	    --MappingKernelManager.default_kernel_name=$(KERNEL) $(if $(filter 0,$(shell id -u)),--allow-root) \
 	    $(LAB_ARGS) lessons/01_introduction.ipynb
 
-test: test-tff test-modern
+# The two environments' halves run side by side (each lesson's kernel uses about one core), their
+# output prefixed [tff] / [modern] as it comes and kept whole in build/test/{tff,modern}.log.
+test: setup setup-modern
+	@mkdir -p build/test; status=0; \
+	echo "make test: test-tff and test-modern run side by side; full logs in build/test/"; \
+	( set -o pipefail; $(MAKE) --no-print-directory test-tff 2>&1 | tee build/test/tff.log \
+	    | sed -u 's/^/[tff]    /' ) & tff=$$!; \
+	( set -o pipefail; $(MAKE) --no-print-directory test-modern 2>&1 | tee build/test/modern.log \
+	    | sed -u 's/^/[modern] /' ) & modern=$$!; \
+	wait $$tff || { status=1; echo "make test: test-tff FAILED (build/test/tff.log)"; }; \
+	wait $$modern || { status=1; echo "make test: test-modern FAILED (build/test/modern.log)"; }; \
+	[ $$status -ne 0 ] || echo "make test: both environments passed"; \
+	exit $$status
 
 test-tff: setup
 	@export FEDUTILS_RUN_ID="make-test-$$$$-$$(date +%s)"; status=0; \
 	$(PY) -m pytest $(PYTEST_ARGS) || status=$$?; \
+	$(PY) -m fedutils.bridges.tff_workers --run-id "$$FEDUTILS_RUN_ID" --report || status=1; \
+	exit $$status
+
+# Every student copy executed top to bottom (make test checks them statically): in .ci/run.
+test-workshop: setup setup-modern $(MODERN_KERNEL_SPEC)
+	@export FEDUTILS_RUN_ID="make-test-workshop-$$$$-$$(date +%s)"; status=0; \
+	$(PY) -m pytest tests/workshop $(PYTEST_ARGS) || status=$$?; \
 	$(PY) -m fedutils.bridges.tff_workers --run-id "$$FEDUTILS_RUN_ID" --report || status=1; \
 	exit $$status
 

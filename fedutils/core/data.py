@@ -185,7 +185,7 @@ def load_shakespeare(min_chars: int = 0) -> dict[str, str]:
         clients = json.loads(path.read_text(encoding="utf-8"))
     else:
         clients = _parse_plays()
-        tmp = path.with_suffix(".tmp")
+        tmp = path.with_suffix(f".{os.getpid()}.tmp")   # two processes may build it at once
         tmp.write_text(json.dumps(clients), encoding="utf-8")
         tmp.replace(path)
     return {cid: text for cid, text in clients.items() if len(text) >= min_chars}
