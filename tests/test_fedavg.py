@@ -302,13 +302,15 @@ def test_weighted_mean_computed_in_the_round_equals_the_aggregator(partition, cl
         np.testing.assert_allclose(runs[0][key], runs[1][key], rtol=1e-6)
 
 
-def test_compiled_trainers_are_reused_only_for_the_same_model_and_data():
-    """Runs on the same architecture and the same client data share one compiled trainer
-    (learning rate and all); other data, another model or another epoch count get their own,
-    and a reused trainer gives exactly what a fresh one gives."""
+def test_compiled_trainers_are_reused_for_the_same_model_and_settings():
+    """Runs of the same architecture and training settings share one compiled trainer, whatever
+    their clients and learning rate (both are graph variables); another model or another epoch
+    count gets its own. A reused trainer gives exactly what a fresh one gives, on both paths
+    (several clients side by side, one client alone)."""
     from fedutils.loop import compiled
 
     datasets = data.federated_digits(5, "iid").clients
+    changed = [data.ClientData(c.x, (c.y + 1) % 10, c.batch_size) for c in datasets]
     fedutils.set_seed(0)
     start = models.create_digits_model().get_weights()
 
@@ -317,19 +319,20 @@ def test_compiled_trainers_are_reused_only_for_the_same_model_and_data():
                                  initial_weights=start if model_fn is models.create_digits_model
                                  else None, progress=False).final_weights
 
+    cases = [(datasets, 0.1), (datasets, 0.05), (changed[1:4], 0.1), (datasets[:1], 0.1),
+             (changed[2:3], 0.05)]
     compiled._TRAINERS.clear()
-    first = run(datasets, 0.1)
-    other_rate = run(datasets, 0.05)
-    assert len(compiled._TRAINERS) == 1
-    compiled._TRAINERS.clear()
-    for a, b in zip(other_rate, run(datasets, 0.05)):  # fresh trainer, same numbers
-        np.testing.assert_array_equal(a, b)
-    assert max(np.abs(a - b).max() for a, b in zip(first, other_rate)) > 1e-4
-    changed = [data.ClientData(c.x, (c.y + 1) % 10, c.batch_size) for c in datasets]
-    run(changed, 0.1)
+    reused = [run(clients, lr) for clients, lr in cases]
+    assert len(compiled._TRAINERS) == 2          # side by side, and one client alone
+    for (clients, lr), weights in zip(cases, reused):
+        compiled._TRAINERS.clear()               # a fresh trainer: the same numbers
+        for a, b in zip(weights, run(clients, lr)):
+            np.testing.assert_array_equal(a, b)
+    assert max(np.abs(a - b).max() for a, b in zip(reused[0], reused[1])) > 1e-4
+    assert max(np.abs(a - b).max() for a, b in zip(reused[3], reused[4])) > 1e-4
     run(datasets, 0.1, epochs=2)
     run(datasets, 0.1, model_fn=lambda: models.create_digits_model(hidden_units=8))
-    assert len(compiled._TRAINERS) == 4
+    assert len(compiled._TRAINERS) == 3
 
 
 def test_a_later_run_leaves_an_earlier_runs_model_alone(small_federation):

@@ -22,7 +22,6 @@ first, so the aggregator can do array arithmetic instead of a Python loop over c
 """
 from __future__ import annotations
 
-import hashlib
 import json
 from collections import OrderedDict
 from dataclasses import dataclass
@@ -58,21 +57,24 @@ def compile_clients(model: tf.keras.Model, clients: Sequence[ClientData], epochs
     """The compiled trainer for `model` and `clients`: side by side where the model is a chain
     of Dense layers and there is more than one client, one client after another otherwise.
 
-    Compiling costs about as much as a few rounds, and lessons train the same model on the same
-    clients many times (seeds, learning rates), so with `reuse` the last few trainers are kept,
-    keyed by the model's architecture and the clients' contents, and a new run at another
-    learning rate reuses one (the rate is a variable of the graph, not a constant in it). A
-    kept trainer trains and evaluates with the model it was built with, so `reuse` is only for
-    a model nobody else holds (`run_fedavg` builds one from `model_fn`); a model the caller
-    owns gets a trainer of its own."""
-    key = (_architecture(model), _fingerprint(clients), int(epochs), float(proximal_mu),
-           bool(scaffold)) if reuse else None
+    Compiling costs about as much as a few rounds, and lessons train the same model many times
+    (seeds, learning rates, data splits), so with `reuse` the last few trainers are kept, keyed
+    by the model's architecture, the shape of the examples and the training settings. A new
+    run reuses one with its own clients and learning rate: both are variables of the graph, not
+    constants in it. A kept trainer trains and evaluates with the model it was built with, so
+    `reuse` is only for a model nobody else holds (`run_fedavg` builds one from `model_fn`); a
+    model the caller owns gets a trainer of its own."""
+    stack = dense_activations(model) is not None and len(clients) > 1
+    # One client (centralized training) has nothing to stack: the plain loop is faster.
+    path = StackedDenseClients if stack else SequentialClients
+    x, y = clients[0].x, clients[0].y
+    key = (path.__name__, _architecture(model), str(x.dtype), x.shape[1:], str(y.dtype),
+           y.shape[1:], int(epochs), float(proximal_mu), bool(scaffold)) if reuse else None
     trainer = _TRAINERS.pop(key, None) if reuse else None
     if trainer is None:
-        # One client (centralized training) has nothing to stack: the plain loop is faster.
-        stack = dense_activations(model) is not None and len(clients) > 1
-        path = StackedDenseClients if stack else SequentialClients
         trainer = path(model, clients, epochs, proximal_mu, scaffold)
+    else:
+        trainer.set_clients(clients)
     if reuse:
         _TRAINERS[key] = trainer  # the most recently used last
         while len(_TRAINERS) > KEPT_TRAINERS:
@@ -93,17 +95,6 @@ def _architecture(model: tf.keras.Model) -> str:
     return json.dumps([layers, shapes, str(model.input_shape)], sort_keys=True, default=str)
 
 
-def _fingerprint(clients: Sequence[ClientData]) -> bytes:
-    """A digest of every client's examples, labels and batch size."""
-    digest = hashlib.blake2b(digest_size=16)
-    for c in clients:
-        for a in (np.ascontiguousarray(c.x), np.ascontiguousarray(c.y)):
-            digest.update(f"{a.dtype}{a.shape}".encode())
-            digest.update(a.data)
-        digest.update(str(c.batch_size).encode())
-    return digest.digest()
-
-
 def dense_activations(model: tf.keras.Model) -> Optional[list[Callable]]:
     """Each layer's activation if `model` is a plain chain of Dense layers with biases on flat
     inputs and nothing else (what `StackedDenseClients` runs), else None."""
@@ -121,20 +112,29 @@ def dense_activations(model: tf.keras.Model) -> Optional[list[Callable]]:
 
 
 class _Clients:
-    """What both paths share: the clients' examples back to back in two tensors, and their
-    sizes in examples and batches."""
+    """What both paths share: the clients' examples back to back in two variables (so another
+    run's clients need no new graph), and their sizes in examples and batches."""
 
     def __init__(self, model: tf.keras.Model, clients: Sequence[ClientData], epochs: int,
                  proximal_mu: float):
         self.model = model
-        self.x = tf.constant(np.concatenate([c.x for c in clients]))
-        self.y = tf.constant(np.concatenate([c.y for c in clients]))
+        x, y = clients[0].x, clients[0].y
+        self.x = tf.Variable(np.zeros((0, *x.shape[1:]), x.dtype), trainable=False,
+                             shape=tf.TensorShape([None, *x.shape[1:]]))
+        self.y = tf.Variable(np.zeros((0, *y.shape[1:]), y.dtype), trainable=False,
+                             shape=tf.TensorShape([None, *y.shape[1:]]))
+        self.epochs, self.mu = int(epochs), float(proximal_mu)
+        self.lr = tf.Variable(0.0, trainable=False, dtype=tf.float32)  # set by compile_clients
+        self.set_clients(clients)
+
+    def set_clients(self, clients: Sequence[ClientData]) -> None:
+        """Train `clients` from now on (same example shape and dtypes as the first ones)."""
+        self.x.assign(np.concatenate([c.x for c in clients]))
+        self.y.assign(np.concatenate([c.y for c in clients]))
         self.sizes = np.array([len(c) for c in clients], dtype=np.int64)
         self.starts = np.concatenate([[0], np.cumsum(self.sizes)[:-1]]).astype(np.int64)
         self.batch = np.array([c.batch_size for c in clients], dtype=np.int64)
         self.num_batches = np.array([len(c.batch_sizes) for c in clients], dtype=np.int64)
-        self.epochs, self.mu = int(epochs), float(proximal_mu)
-        self.lr = tf.Variable(0.0, trainable=False, dtype=tf.float32)  # set by compile_clients
 
     def local_steps(self, chosen: np.ndarray) -> np.ndarray:
         """SGD steps each of the `chosen` clients takes in a round: batches × epochs."""
@@ -162,12 +162,15 @@ class StackedDenseClients(_Clients):
         if scaffold:  # a second graph, so the plain round's stays as it is
             self._train_corrected = tf.function(self._train_stacked, input_signature=self._specs(
                 index, tf.TensorSpec([None, None, None], tf.float32), self._correction_spec()))
-        self._schedule_of: tuple = (None, None)
         share = tf.TensorSpec([None], tf.float32)
         self._mean_update = tf.function(self._train_mean, input_signature=self._specs(
             index, tf.TensorSpec([None, None, None], tf.float32), share))
         self._one_step = tf.function(self._train_one_step, input_signature=self._specs(
             index, tf.TensorSpec([None, None, None], tf.float32), share))
+
+    def set_clients(self, clients: Sequence[ClientData]) -> None:
+        super().set_clients(clients)
+        self._schedule_of: tuple = (None, None)
 
     def schedule(self, chosen: np.ndarray) -> tuple[tf.Tensor, tf.Tensor]:
         """Rows [steps, clients, width] into the examples and a 0/1 mask of that shape: at step
@@ -276,16 +279,21 @@ class SequentialClients(_Clients):
     """Any model: the chosen clients train one after another inside one compiled function."""
 
     def __init__(self, model, clients, epochs, proximal_mu, scaffold=False):
+        self.batch_offset = tf.Variable([0], shape=[None], trainable=False)
+        self.batch_size = tf.Variable([0], shape=[None], trainable=False)
         super().__init__(model, clients, epochs, proximal_mu)
-        sizes = np.concatenate([c.batch_sizes for c in clients])
-        self.batch_offset = tf.constant(np.concatenate([[0], np.cumsum(sizes)[:-1]]), tf.int32)
-        self.batch_size = tf.constant(sizes, tf.int32)
-        self.first_batch = np.concatenate([[0], np.cumsum(self.num_batches)[:-1]]).astype(np.int32)
         index = tf.TensorSpec([None], tf.int32)
         self._train = tf.function(self._train_clients, input_signature=[index, index])
         if scaffold:
             self._train_corrected = tf.function(self._train_clients, input_signature=[
                 index, index, self._correction_spec()])
+
+    def set_clients(self, clients: Sequence[ClientData]) -> None:
+        super().set_clients(clients)
+        sizes = np.concatenate([c.batch_sizes for c in clients]).astype(np.int32)
+        self.batch_offset.assign(np.concatenate([[0], np.cumsum(sizes)[:-1]]).astype(np.int32))
+        self.batch_size.assign(sizes)
+        self.first_batch = np.concatenate([[0], np.cumsum(self.num_batches)[:-1]]).astype(np.int32)
 
     def train(self, global_weights: list, chosen: np.ndarray,
               corrections: Optional[list] = None,
