@@ -95,14 +95,26 @@ class DPFedAvgAggregator(Aggregator):
 
     def aggregate(self, updates, num_examples, client_ids, rng, state=None) -> Aggregate:
         """Clip, sum, add noise, divide by m: the noisy mean of the clients' updates."""
-        m = self.expected_clients or len(updates)
-        norms = np.array([update_norm(u) for u in updates])
-        clipped = [_clipped(u, self.clip_norm, n) for u, n in zip(updates, norms)]
-        total = [np.sum([_as_float(t) for t in layer], axis=0) for layer in zip(*clipped)]
+        stacked = [np.stack(layer) for layer in zip(*updates)]
+        return self.aggregate_stacked(stacked, num_examples, client_ids, rng, state)
+
+    def aggregate_stacked(self, updates, num_examples, client_ids, rng,
+                          state=None) -> Aggregate:
+        """`aggregate` on updates stacked per tensor (client axis first): array arithmetic,
+        the same numbers and the same draws from `rng`."""
+        m = self.expected_clients or len(updates[0])
+        flat = [_as_float(u).reshape(len(u), -1) for u in updates]
+        norms = np.zeros(len(updates[0]))
+        for f in flat:  # tensor by tensor, as update_norm adds them
+            norms += np.sum(np.square(f), axis=1)
+        norms = np.sqrt(norms)
+        scale = np.where(norms > self.clip_norm, self.clip_norm / np.maximum(norms, 1e-300), 1.0)
+        total = [np.sum(_as_float((f * scale[:, None]).astype(float_dtype(u))), axis=0)
+                 .reshape(u.shape[1:]) for f, u in zip(flat, updates)]
         stddev = self.noise_multiplier * self.clip_norm
         noisy = [t + rng.normal(0.0, stddev, size=t.shape) for t in total]
-        delta = [(t / m).astype(float_dtype(u)) for t, u in zip(noisy, updates[0])]
-        return Aggregate(delta, {"upload_bytes": upload_bytes(updates),
+        delta = [(t / m).astype(float_dtype(u)) for t, u in zip(noisy, updates)]
+        return Aggregate(delta, {"upload_bytes": int(sum(u.nbytes for u in updates)),
                                  "clipped_fraction": float(np.mean(norms > self.clip_norm)),
                                  "noise_stddev": stddev / m})
 
