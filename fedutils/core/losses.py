@@ -36,6 +36,13 @@ def predicted_labels(probabilities: np.ndarray) -> np.ndarray:
     return np.argmax(probabilities, axis=-1)
 
 
+def predicted_label_ops(probabilities: tf.Tensor) -> tf.Tensor:
+    """`predicted_labels` as TensorFlow ops, for a compiled function."""
+    if probabilities.shape[-1] == 1:
+        return tf.cast(probabilities[..., 0] > 0.5, tf.int64)
+    return tf.argmax(probabilities, axis=-1)
+
+
 def keras_loss(model: tf.keras.Model) -> tf.keras.losses.Loss:
     """The Keras loss object for `model` (for `compile` and TFF's `from_keras_model`)."""
     if is_binary(model):

@@ -22,7 +22,7 @@ import tensorflow as tf
 from fedutils.core.checks import as_array, check_int, check_labels, check_weights
 from fedutils.core.clientdata import ClientData, as_client_data, check_against_model
 from fedutils.core.data import check_xy
-from fedutils.core.losses import per_example_loss, predicted_labels
+from fedutils.core.losses import per_example_loss, predicted_label_ops
 
 Weights = list  # a model's weights: list of NumPy arrays, as model.get_weights() returns
 
@@ -90,9 +90,8 @@ def evaluate_weights(model: tf.keras.Model, weights: Weights, x: np.ndarray, y: 
 def loss_and_accuracy(model: tf.keras.Model, x: np.ndarray, y: np.ndarray
                       ) -> tuple[float, float]:
     """`evaluate_weights` without the checks, for loops that checked (x, y) once up front."""
-    probabilities = _predict(model, x)
-    loss = float(np.mean(per_example_loss(model, y, probabilities)))
-    return loss, float(np.mean(predicted_labels(probabilities) == y))
+    losses, labels = _scores(model, x, y)
+    return float(np.mean(losses)), float(np.mean(labels == y))
 
 
 _compiled_predict: "weakref.WeakKeyDictionary[tf.keras.Model, Any]" = weakref.WeakKeyDictionary()
@@ -122,6 +121,28 @@ def _predict(model: tf.keras.Model, x: np.ndarray, chunk: int = 4096) -> np.ndar
                            for i in range(0, len(x), chunk)])
 
 
+_compiled_scores: "weakref.WeakKeyDictionary[tf.keras.Model, Any]" = weakref.WeakKeyDictionary()
+
+
+def _scores(model: tf.keras.Model, x: np.ndarray, y: np.ndarray, chunk: int = 4096
+            ) -> tuple[np.ndarray, np.ndarray]:
+    """Each example's loss and predicted label, computed in one compiled function per model:
+    a softmax over a large vocabulary never leaves the graph. (`tf.identity` keeps Keras from
+    reading the loss off the softmax's logits in a graph: the same loss as on the outputs.)"""
+    scores_fn = _compiled_scores.get(model)
+    if scores_fn is None:
+        def scores(x_chunk, y_chunk):
+            probabilities = tf.identity(model(x_chunk, training=False))
+            return (per_example_loss(model, y_chunk, probabilities),
+                    predicted_label_ops(probabilities))
+        scores_fn = tf.function(scores, reduce_retracing=True)
+        _compiled_scores[model] = scores_fn
+    parts = [scores_fn(tf.constant(x[i:i + chunk]), tf.constant(y[i:i + chunk]))
+             for i in range(0, len(x), chunk)]
+    return (np.concatenate([p[0].numpy() for p in parts]),
+            np.concatenate([p[1].numpy() for p in parts]))
+
+
 def _check_model(model: Any) -> None:
     if not isinstance(model, tf.keras.Model):
         raise TypeError(f"model must be a Keras model, got {type(model).__name__}")
@@ -140,9 +161,8 @@ def federated_evaluate(model: tf.keras.Model, client_datasets: Sequence[Any],
     if weights is not None:
         model.set_weights(check_weights("weights", weights, like=model.get_weights()))
     y = np.concatenate([c.y for c in clients])
-    probabilities = _predict(model, np.concatenate([c.x for c in clients]))
-    losses = np.asarray(per_example_loss(model, y, probabilities), dtype=np.float64)
-    correct = (predicted_labels(probabilities) == y).astype(np.float64)
+    losses, labels = _scores(model, np.concatenate([c.x for c in clients]), y)
+    losses, correct = losses.astype(np.float64), (labels == y).astype(np.float64)
     counts = np.array([len(c) for c in clients])
     starts = np.concatenate([[0], np.cumsum(counts)[:-1]])
     loss_sums, correct_sums = np.add.reduceat(losses, starts), np.add.reduceat(correct, starts)
