@@ -34,14 +34,15 @@ Weights = list  # a model's weights: list of NumPy arrays, as model.get_weights(
 
 class _ExpectedRetracing(logging.Filter):
     """fedutils compiles one function per model on purpose: the client work of each
-    `run_fedavg` call and a prediction per evaluated model. After a few models TensorFlow warns
-    that "N out of the last M calls ... triggered tf.function retracing", which is expected
-    here and only noise in a lesson; this drops that message (for fedutils' own functions)."""
+    `run_fedavg` call, a prediction and a scoring per evaluated model. After a few models
+    TensorFlow warns that "N out of the last M calls ... triggered tf.function retracing",
+    which is expected here and only noise in a lesson; this drops that message (for fedutils'
+    own functions)."""
 
     def filter(self, record: logging.LogRecord) -> bool:
         message = record.getMessage()
-        return "retracing" not in message or not ("fedutils.loop.compiled" in message
-                                                   or "predict" in message)
+        return "retracing" not in message or not any(
+            name in message for name in ("fedutils.loop.compiled", "predict", "_scores."))
 
 
 tf.get_logger().addFilter(_ExpectedRetracing())
