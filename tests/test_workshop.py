@@ -9,7 +9,6 @@ but it executes the whole course once more, so `make test` leaves it to CI.
 How student copies are made (solutions dropped, outputs cleared, the rest kept) is tested in
 tests/test_scripts.py."""
 import ast
-import re
 import sys
 from pathlib import Path
 
@@ -25,12 +24,11 @@ from course import has_role, lesson_paths  # noqa: E402
 
 LESSONS = lesson_paths()
 IPYTHON_NAMES = {"get_ipython", "display"}     # what IPython's kernel adds to builtins
-GUARD = re.compile(r"globals\(\)")
 
 
 def guarded_names(source: str) -> set[str]:
     """Names a cell looks up in globals() before using them ("complete exercise 1 first")."""
-    if not GUARD.search(source):
+    if "globals()" not in source:
         return set()
     return {node.value for node in ast.walk(ast.parse(source))
             if isinstance(node, ast.Constant) and isinstance(node.value, str)}
@@ -39,11 +37,11 @@ def guarded_names(source: str) -> set[str]:
 def undefined_names(nb) -> list[tuple[int, str]]:
     """(cell index, name) for each name a non-check code cell of `nb` uses before any cell
     defines it, reading the code cells top to bottom as IPython runs them."""
-    program, owner = [], []
+    program, owner, ipython = [], [], TransformerManager()
     for index, cell in enumerate(nb.cells):
         if cell.cell_type != "code":
             continue
-        lines = TransformerManager().transform_cell(cell.source).splitlines() or ["pass"]
+        lines = ipython.transform_cell(cell.source).splitlines() or ["pass"]
         program += lines
         owner += [index] * len(lines)
     found = checker.Checker(ast.parse("\n".join(program)), builtins=IPYTHON_NAMES).messages

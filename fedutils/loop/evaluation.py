@@ -12,7 +12,7 @@ third thing to look at.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Optional, Sequence
+from typing import Any, Callable, Optional, Sequence
 
 import weakref
 
@@ -94,7 +94,7 @@ def loss_and_accuracy(model: tf.keras.Model, x: np.ndarray, y: np.ndarray
     return float(np.mean(losses)), float(np.mean(labels == y))
 
 
-_compiled_predict: "weakref.WeakKeyDictionary[tf.keras.Model, Any]" = weakref.WeakKeyDictionary()
+_compiled: "weakref.WeakKeyDictionary[tf.keras.Model, dict]" = weakref.WeakKeyDictionary()
 
 
 def predict(model: tf.keras.Model, x: np.ndarray, chunk: int = 4096) -> np.ndarray:
@@ -113,34 +113,41 @@ def predict(model: tf.keras.Model, x: np.ndarray, chunk: int = 4096) -> np.ndarr
 
 def _predict(model: tf.keras.Model, x: np.ndarray, chunk: int = 4096) -> np.ndarray:
     """`predict` without the checks."""
-    predict_fn = _compiled_predict.get(model)
-    if predict_fn is None:
-        predict_fn = tf.function(lambda t: model(t, training=False), reduce_retracing=True)
-        _compiled_predict[model] = predict_fn
-    return np.concatenate([predict_fn(tf.constant(x[i:i + chunk])).numpy()
-                           for i in range(0, len(x), chunk)])
-
-
-_compiled_scores: "weakref.WeakKeyDictionary[tf.keras.Model, Any]" = weakref.WeakKeyDictionary()
+    return _chunked(model, _outputs_graph, [x], chunk)[0]
 
 
 def _scores(model: tf.keras.Model, x: np.ndarray, y: np.ndarray, chunk: int = 4096
             ) -> tuple[np.ndarray, np.ndarray]:
-    """Each example's loss and predicted label, computed in one compiled function per model:
-    a softmax over a large vocabulary never leaves the graph. (`tf.identity` keeps Keras from
-    reading the loss off the softmax's logits in a graph: the same loss as on the outputs.)"""
-    scores_fn = _compiled_scores.get(model)
-    if scores_fn is None:
-        def scores(x_chunk, y_chunk):
-            probabilities = tf.identity(model(x_chunk, training=False))
-            return (per_example_loss(model, y_chunk, probabilities),
-                    predicted_label_ops(probabilities))
-        scores_fn = tf.function(scores, reduce_retracing=True)
-        _compiled_scores[model] = scores_fn
-    parts = [scores_fn(tf.constant(x[i:i + chunk]), tf.constant(y[i:i + chunk]))
-             for i in range(0, len(x), chunk)]
-    return (np.concatenate([p[0].numpy() for p in parts]),
-            np.concatenate([p[1].numpy() for p in parts]))
+    """Each example's loss and predicted label: a softmax over a large vocabulary never leaves
+    the graph."""
+    return tuple(_chunked(model, _scores_graph, [x, y], chunk))
+
+
+def _outputs_graph(model: tf.keras.Model) -> Callable:
+    def graph(x):
+        return (model(x, training=False),)
+    return graph
+
+
+def _scores_graph(model: tf.keras.Model) -> Callable:
+    def graph(x, y):
+        # tf.identity keeps Keras from reading the loss off the softmax's logits in a graph:
+        # the same loss as on the outputs, as everywhere else.
+        probabilities = tf.identity(model(x, training=False))
+        return per_example_loss(model, y, probabilities), predicted_label_ops(probabilities)
+    return graph
+
+
+def _chunked(model: tf.keras.Model, build: Callable, arrays: list, chunk: int) -> list:
+    """`build(model)`, compiled once per model (calling an LSTM eagerly chunk after chunk grows
+    memory by tens of MB per pass), applied to `arrays` chunk by chunk; each of its outputs
+    joined over the chunks. The compiled function holds the model weakly, so it goes with it."""
+    functions = _compiled.setdefault(model, {})
+    if build not in functions:
+        functions[build] = tf.function(build(weakref.proxy(model)), reduce_retracing=True)
+    parts = [functions[build](*[tf.constant(a[i:i + chunk]) for a in arrays])
+             for i in range(0, len(arrays[0]), chunk)]
+    return [np.concatenate([p[k].numpy() for p in parts]) for k in range(len(parts[0]))]
 
 
 def _check_model(model: Any) -> None:

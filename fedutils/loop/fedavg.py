@@ -42,7 +42,7 @@ class _ExpectedRetracing(logging.Filter):
     def filter(self, record: logging.LogRecord) -> bool:
         message = record.getMessage()
         return "retracing" not in message or not any(
-            name in message for name in ("fedutils.loop.compiled", "predict", "_scores."))
+            name in message for name in ("fedutils.loop.compiled", "_graph.<locals>.graph"))
 
 
 tf.get_logger().addFilter(_ExpectedRetracing())
