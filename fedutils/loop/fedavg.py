@@ -36,13 +36,14 @@ class _ExpectedRetracing(logging.Filter):
     """fedutils compiles one function per model on purpose: the client work of each
     `run_fedavg` call, a prediction and a scoring per evaluated model. After a few models
     TensorFlow warns that "N out of the last M calls ... triggered tf.function retracing",
-    which is expected here and only noise in a lesson; this drops that message (for fedutils'
-    own functions)."""
+    which is expected here and only noise in a lesson; this drops that message for fedutils'
+    own functions, and for Keras' `predict`, which lessons call on many small models."""
 
     def filter(self, record: logging.LogRecord) -> bool:
         message = record.getMessage()
         return "retracing" not in message or not any(
-            name in message for name in ("fedutils.loop.compiled", "_graph.<locals>.graph"))
+            name in message for name in ("fedutils.loop.compiled", "_graph.<locals>.graph",
+                                         "make_predict_function"))
 
 
 tf.get_logger().addFilter(_ExpectedRetracing())
