@@ -141,17 +141,25 @@ def slider_moves_the_figure(driver, state: dict, name: str, screenshot) -> None:
     handle = wait_for(lambda: cell.find_elements(By.CSS_SELECTOR, ".widget-slider .noUi-handle"),
                       60, "the slider to render")[0]
 
+    # Read in one script call: the output area is cleared and redrawn while we poll, so an
+    # element found in one WebDriver call can be gone (stale) by the next.
+    def last(selector: str, prop: str) -> str:
+        return driver.execute_script(
+            "const n = arguments[0].querySelectorAll(arguments[1]);"
+            "return n.length ? (n[n.length - 1][arguments[2]] || '') : '';", cell, selector, prop)
+
     def figure() -> bytes:
-        images = cell.find_elements(By.CSS_SELECTOR, ".widget-output img, .jp-OutputArea img")
-        src = images[-1].get_attribute("src") if images else ""
+        src = last(".widget-output img, .jp-OutputArea img", "src")
         return base64.b64decode(src.split(",", 1)[1]) if src.startswith("data:image") else b""
 
+    def readout() -> str:
+        return last(".widget-readout", "textContent")
+
     before = wait_for(figure, 60, "the slider's first figure")
-    readout = cell.find_element(By.CSS_SELECTOR, ".widget-readout").text
+    value = readout()
     screenshot(driver, f"{name}-slider-before")
     ActionChains(driver).click_and_hold(handle).move_by_offset(90, 0).release().perform()
-    wait_for(lambda: cell.find_element(By.CSS_SELECTOR, ".widget-readout").text != readout,
-             30, "the slider's value to change")
+    wait_for(lambda: readout() != value, 30, "the slider's value to change")
     after = wait_for(lambda: (lambda img: img if img and img != before else None)(figure()),
                      120, "the figure to be redrawn")
     screenshot(driver, f"{name}-slider-after")
