@@ -8,6 +8,7 @@ Role tags (scripts/course.py MARKERS) and the stamp script's tag are not names.
 """
 from __future__ import annotations
 
+import linecache
 import re
 import sys
 from functools import lru_cache
@@ -65,8 +66,11 @@ def cell_source(notebook: Path, tag: str) -> str:
 def exec_cells(notebook: Path, namespace: dict, *tags: str) -> dict:
     """Execute the cells tagged `tags`, in order, in `namespace` (no setup cell); return it."""
     for tag in tags:
-        exec(compile(cell_source(notebook, tag), f"{Path(notebook).name}[{tag}]", "exec"),
-             namespace)
+        source, filename = cell_source(notebook, tag), f"{Path(notebook).name}[{tag}]"
+        # Kept in linecache, as IPython keeps each cell's code: tracebacks show the lines, and
+        # tf.function's AutoGraph can read a function's source to convert its `for` loops.
+        linecache.cache[filename] = (len(source), None, source.splitlines(True), filename)
+        exec(compile(source, filename, "exec"), namespace)
     return namespace
 
 
