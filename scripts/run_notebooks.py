@@ -61,7 +61,8 @@ def write_timings(results: list[dict]) -> None:
     lines = ["# Lesson timings", "",
              f"Measured by `make timings` (one clean top-to-bottom run of each lesson) on {machine}.",
              "Repeated runs on the same machine differ by up to a third per lesson, as the host's "
-             "speed drifts: compare lessons within one run.", "", "| lesson | seconds | peak kernel memory (MB) |", "|---|---:|---:|"]
+             "speed drifts: compare lessons within one run.",
+             "", "| lesson | seconds | peak kernel memory (MB) |", "|---|---:|---:|"]
     lines += [f"| {r['lesson']} | {r['seconds']:.0f} | {r['peak_memory_mb']} |" for r in results]
     lines += [f"| **whole course** | **{total:.0f}** ({total / 60:.1f} min) | |", ""]
     (ROOT / "lessons" / "TIMINGS.md").write_text("\n".join(lines))
